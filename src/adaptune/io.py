@@ -1,0 +1,246 @@
+"""Save and load adapters: ``adapter_config.json`` + ``adapter.safetensors`` (+ ``head.safetensors``).
+
+A saved folder records the library version and a fingerprint of the base (model type, block count,
+widths, adapted modules); loading onto a different base fails with an error that lists what differs.
+Saves are atomic: files are written to a temporary folder beside the target, then swapped in.
+Loading never unpickles: weights are read with safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .config import AdapterConfig
+from .model import (
+    DEFAULT_HEADS,
+    adapter_config,
+    adapter_modules,
+    adapter_targets,
+    add_adapter,
+    delete_adapter,
+    head_modules,
+    set_active,
+)
+from .placement import find_blocks, find_targets
+
+__all__ = ["CONFIG_FILE", "HEAD_FILE", "WEIGHTS_FILE", "fingerprint", "load_adapter", "save_adapter"]
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter.safetensors"
+HEAD_FILE = "head.safetensors"
+FORMAT = "adaptune.adapter/1"
+
+
+def fingerprint(model: nn.Module, targets: list[str]) -> dict[str, Any]:
+    """What a saved adapter needs of its base: model type, block count, widths and the adapted modules."""
+    blocks = find_blocks(model)
+    return {
+        "model_type": getattr(getattr(model, "config", None), "model_type", None),
+        "model_class": type(model).__name__,
+        "num_layers": len(blocks),
+        "widths": sorted({b.width for b in blocks}),
+        "targets": list(targets),
+    }
+
+
+def _atomic_dir_write(out_dir: Path, files: dict[str, Any]) -> None:
+    """Write ``files`` (name -> callable(path)) into ``out_dir`` so readers see the old or the new folder."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for fname, write in files.items():
+            write(tmp / fname)
+        if out_dir.exists():
+            # Keep files we do not own (a README, a report); replace ours.
+            for extra in out_dir.iterdir():
+                if extra.name not in files and not (tmp / extra.name).exists():
+                    shutil.move(str(extra), tmp / extra.name)
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_adapter(
+    model: nn.Module, name: str, out_dir: str | os.PathLike[str], *, heads: tuple[str, ...] | None = DEFAULT_HEADS
+) -> Path:
+    """Save adapter ``name`` (and the task head, if present) to ``out_dir``.
+
+    Args:
+        model: the model holding the adapter.
+        name: the adapter to save.
+        out_dir: target folder (created; replaced atomically if it exists).
+        heads: head module paths to save alongside (``None`` or ``()``: no head).
+
+    Returns:
+        The folder path.
+    """
+    out = Path(out_dir)
+    modules = adapter_modules(model, name)
+    tensors = {
+        f"{path}.{k}": v.detach().contiguous().cpu() for path, m in modules.items() for k, v in m.state_dict().items()
+    }
+    head_tensors: dict[str, torch.Tensor] = {}
+    head_names = list(head_modules(model, heads or ()))
+    for path, head in head_modules(model, heads or ()).items():
+        head_tensors.update({f"{path}.{k}": v.detach().contiguous().cpu() for k, v in head.state_dict().items()})
+    meta = {
+        "format": FORMAT,
+        "adaptune_version": __version__,
+        "name": name,
+        "config": adapter_config(model, name).to_dict(),
+        "base": fingerprint(model, adapter_targets(model, name)),
+        "heads": head_names,
+    }
+    files: dict[str, Any] = {
+        WEIGHTS_FILE: lambda p: save_file(tensors, str(p), metadata={"format": "pt", "adapter": name}),
+        CONFIG_FILE: lambda p: p.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8"),
+    }
+    if head_tensors:
+        files[HEAD_FILE] = lambda p: save_file(head_tensors, str(p), metadata={"format": "pt"})
+    _atomic_dir_write(out, files)
+    return out
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    cfg = folder / CONFIG_FILE
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such adapter folder")
+    if not cfg.is_file():
+        raise FileNotFoundError(f"{cfg}: missing (an adapter folder holds {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        meta = json.loads(cfg.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{cfg}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg}: line {err.lineno} column {err.colno}: invalid JSON ({err.msg})") from None
+    if not isinstance(meta, dict) or "config" not in meta or "base" not in meta:
+        raise ValueError(f"{cfg}: not an adaptune adapter config (expected keys 'config' and 'base')")
+    return meta
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path}: unreadable or corrupt safetensors file ({err})") from None
+
+
+def _check_base(model: nn.Module, config: AdapterConfig, saved: dict[str, Any], source: Path) -> None:
+    try:
+        here = fingerprint(model, [t.module for t in find_targets(model, config)])
+    except ValueError as err:
+        raise ValueError(f"{source}: this adapter does not fit the model: {err}") from None
+    diffs = [
+        f"{key}: saved {saved.get(key)!r}, model has {here[key]!r}"
+        for key in ("model_type", "num_layers", "widths")
+        if saved.get(key) != here[key]
+    ]
+    if not diffs and saved.get("targets") != here["targets"]:
+        missing = sorted(set(saved.get("targets", [])) - set(here["targets"]))[:3]
+        diffs.append(f"targets: saved adapter sits at modules the model lacks, e.g. {missing}")
+    if diffs:
+        raise ValueError(f"{source}: adapter was made for another base model — " + "; ".join(diffs))
+
+
+def load_adapter(
+    model: nn.Module,
+    folder: str | os.PathLike[str],
+    name: str | None = None,
+    *,
+    activate: bool = True,
+    load_head: bool = True,
+) -> str:
+    """Load a saved adapter into ``model`` (in place); returns its name in the model.
+
+    Args:
+        model: a model of the same base the adapter was saved from.
+        folder: a folder written by ``save_adapter``.
+        name: the name to give it (default: the saved name).
+        activate: make it the only active adapter.
+        load_head: also load the saved task head, if any (shapes must match: same number of labels).
+
+    Raises:
+        FileNotFoundError: a file is missing. ValueError: bad JSON, a different base, wrong shapes or keys.
+    """
+    src = Path(folder)
+    meta = _read_meta(src)
+    config = AdapterConfig.from_dict(meta["config"], source=str(src / CONFIG_FILE))
+    saved_name = meta.get("name")
+    name = name or saved_name
+    if not isinstance(name, str):
+        raise ValueError(f"{src / CONFIG_FILE}: field 'name' missing; pass name=")
+    _check_base(model, config, meta["base"], src)
+    tensors = _read_tensors(src / WEIGHTS_FILE)
+    head_tensors = _read_tensors(src / HEAD_FILE) if load_head and (src / HEAD_FILE).exists() else {}
+
+    add_adapter(model, name, config, activate=False)
+    try:
+        _copy_into(model, name, saved_name, tensors, src / WEIGHTS_FILE)
+        if head_tensors:
+            _copy_head(model, head_tensors, src / HEAD_FILE)
+    except Exception:
+        delete_adapter(model, name)  # never leave a half-loaded adapter behind
+        raise
+    if activate:
+        set_active(model, [name])
+    return name
+
+
+def _copy_into(model: nn.Module, name: str, saved_name: str, tensors: dict[str, torch.Tensor], src: Path) -> None:
+    expected: dict[str, torch.Tensor] = {}
+    for path, module in adapter_modules(model, name).items():
+        saved_path = path[: -len(name)] + saved_name
+        for key, value in module.state_dict(keep_vars=True).items():
+            expected[f"{saved_path}.{key}"] = value
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{src}: keys do not match the adapter's config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    with torch.no_grad():
+        for key, target in expected.items():
+            _copy_tensor(target, tensors[key], key, src)
+
+
+def _copy_tensor(target: torch.Tensor, value: torch.Tensor, key: str, src: Path) -> None:
+    if tuple(value.shape) != tuple(target.shape):
+        raise ValueError(f"{src}: tensor {key} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
+    if not value.is_floating_point():
+        raise ValueError(f"{src}: tensor {key} has dtype {value.dtype}, expected a floating-point dtype")
+    target.copy_(value.to(dtype=target.dtype, device=target.device))
+
+
+def _copy_head(model: nn.Module, tensors: dict[str, torch.Tensor], src: Path) -> None:
+    state = {k: v for k, v in model.state_dict(keep_vars=True).items()}
+    unknown = sorted(k for k in tensors if k not in state)
+    if unknown:
+        raise ValueError(f"{src}: head tensors {unknown[:3]} have no place in {type(model).__name__} (another head?)")
+    for key, value in tensors.items():
+        if tuple(value.shape) != tuple(state[key].shape):
+            raise ValueError(
+                f"{src}: head tensor {key} has shape {tuple(value.shape)}, the model's has "
+                f"{tuple(state[key].shape)} (was the head trained with a different number of labels?)"
+            )
+    with torch.no_grad():
+        for key, value in tensors.items():
+            _copy_tensor(state[key], value, key, src)

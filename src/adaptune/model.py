@@ -1,0 +1,291 @@
+"""Add, activate, train, inspect and remove adapters on any ``nn.Module`` (Hugging Face models included).
+
+All state lives in the model's own modules (``AdapterSlot`` children), never in globals or in attributes
+added to the model object, so ``copy.deepcopy``, ``torch.save`` and ``state_dict`` see everything.
+Transformers' own PEFT methods (``model.add_adapter`` ...) are left untouched: these are functions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import AdapterConfig
+from .modules import Bottleneck
+from .placement import Target, find_targets
+from .slot import AdapterSlot
+
+__all__ = [
+    "DEFAULT_HEADS",
+    "ParamSummary",
+    "Plan",
+    "active_adapters",
+    "adapter_config",
+    "adapter_modules",
+    "add_adapter",
+    "check_adapters_fire",
+    "delete_adapter",
+    "head_modules",
+    "list_adapters",
+    "plan",
+    "set_active",
+    "train_adapter",
+    "trainable_summary",
+]
+
+# Task heads newly initialised on top of a pretrained body; they train with the adapter.
+DEFAULT_HEADS: tuple[str, ...] = ("classifier", "qa_outputs", "score")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _slots(model: nn.Module) -> dict[str, AdapterSlot]:
+    """Host path -> slot, in module order."""
+    return {
+        n[: -len(".adapters")] if n != "adapters" else "": m
+        for n, m in model.named_modules()
+        if isinstance(m, AdapterSlot)
+    }
+
+
+def list_adapters(model: nn.Module) -> list[str]:
+    """Names of the adapters in ``model``, in the order they were first attached."""
+    names: dict[str, None] = {}
+    for slot in _slots(model).values():
+        names.update(dict.fromkeys(slot.keys()))
+    return list(names)
+
+
+def adapter_modules(model: nn.Module, name: str) -> dict[str, Bottleneck]:
+    """Full module path -> ``Bottleneck`` for one adapter (``<host>.adapters.<name>``)."""
+    found = {
+        f"{host}.adapters.{name}" if host else f"adapters.{name}": s[name]
+        for host, s in _slots(model).items()
+        if name in s
+    }
+    if not found:
+        raise KeyError(f"no adapter named {name!r} in the model; adapters: {list_adapters(model)}")
+    return found
+
+
+def adapter_config(model: nn.Module, name: str) -> AdapterConfig:
+    """The config an adapter was added with."""
+    return next(iter(adapter_modules(model, name).values())).config
+
+
+def adapter_targets(model: nn.Module, name: str) -> list[str]:
+    """Dotted paths of the host modules an adapter is attached to."""
+    return [host for host, s in _slots(model).items() if name in s]
+
+
+def add_adapter(
+    model: nn.Module,
+    name: str,
+    config: AdapterConfig | None = None,
+    *,
+    activate: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> list[Target]:
+    """Attach a new adapter ``name`` to ``model`` (in place) and, by default, make it the active one.
+
+    Args:
+        model: any ``nn.Module``; Transformers models are found by structure (see ``placement``).
+        name: a Python identifier, unique in the model.
+        config: what and where; defaults to ``AdapterConfig.pfeiffer()``.
+        activate: make ``name`` the only active adapter.
+        dtype: the adapter's parameter dtype (its branch runs in it and is cast back to the host's).
+
+    Returns:
+        The targets the adapter was attached to.
+    """
+    config = config or AdapterConfig.pfeiffer()
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"adapter name {name!r}: expected a Python identifier ([A-Za-z_][A-Za-z0-9_]*)")
+    if name in list_adapters(model):
+        raise ValueError(f"an adapter named {name!r} already exists; delete it first or pick another name")
+    targets = find_targets(model, config)
+    for t in targets:
+        host = model.get_submodule(t.module)
+        slot = getattr(host, "adapters", None)
+        input_module = model.get_submodule(t.input_module) if t.input_module else None
+        if slot is None:
+            slot = AdapterSlot(host, input_module)
+            host.add_module("adapters", slot)
+        elif not isinstance(slot, AdapterSlot):
+            raise ValueError(f"{t.module} already has a child 'adapters' that is not adaptune's; cannot attach")
+        elif input_module is not None:
+            slot.attach_input_module(input_module)
+        ref = next(host.parameters(), None)
+        adapter = Bottleneck(t.width, config, mode=t.mode).to(
+            device=ref.device if ref is not None else None, dtype=dtype
+        )
+        slot[name] = adapter
+    if activate:
+        set_active(model, [name])
+    return targets
+
+
+def delete_adapter(model: nn.Module, name: str) -> None:
+    """Remove an adapter; a slot left empty unhooks itself, restoring its host exactly."""
+    slots = _slots(model)
+    if not any(name in s for s in slots.values()):
+        raise KeyError(f"no adapter named {name!r} in the model; adapters: {list_adapters(model)}")
+    for host_path, slot in slots.items():
+        if name in slot:
+            del slot[name]
+            slot.active = tuple(n for n in slot.active if n != name)
+        if len(slot) == 0:
+            slot.remove_hooks()
+            delattr(model.get_submodule(host_path), "adapters")
+
+
+def set_active(model: nn.Module, names: str | Iterable[str] | None) -> None:
+    """Make ``names`` the active adapters (applied in this order where they share a place); ``None``: none."""
+    wanted = [names] if isinstance(names, str) else list(names or [])
+    known = list_adapters(model)
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise KeyError(f"unknown adapter(s) {unknown}; adapters in the model: {known}")
+    for slot in _slots(model).values():
+        slot.active = tuple(wanted)
+
+
+def active_adapters(model: nn.Module) -> list[str]:
+    """The active adapter names (empty when none is active)."""
+    for slot in _slots(model).values():
+        return list(slot.active)
+    return []
+
+
+def head_modules(model: nn.Module, heads: Iterable[str] = DEFAULT_HEADS) -> dict[str, nn.Module]:
+    """Task-head modules present in ``model`` among ``heads`` (dotted paths or top-level names)."""
+    found = {}
+    for h in heads:
+        try:
+            found[h] = model.get_submodule(h)
+        except AttributeError:
+            continue
+    return found
+
+
+def train_adapter(model: nn.Module, names: str | Iterable[str], heads: Iterable[str] = DEFAULT_HEADS) -> ParamSummary:
+    """Freeze everything except the named adapters and the task head, and activate the adapters.
+
+    Args:
+        model: the model holding the adapters.
+        names: adapters to train (activated in this order).
+        heads: module paths of task heads that train too; those absent from the model are skipped.
+
+    Returns:
+        The trainable-parameter summary after freezing.
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    set_active(model, names)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name in names:
+        for module in adapter_modules(model, name).values():
+            module.requires_grad_(True)
+    embeddings = _input_embedding_weight(model)
+    for path, head in head_modules(model, heads).items():
+        if embeddings is not None and any(p is embeddings for p in head.parameters()):
+            raise ValueError(
+                f"head {path!r} shares its weight with the input embeddings; training it would change the base"
+            )
+        head.requires_grad_(True)
+    return trainable_summary(model)
+
+
+def _input_embedding_weight(model: nn.Module) -> torch.Tensor | None:
+    get = getattr(model, "get_input_embeddings", None)
+    try:
+        emb = get() if callable(get) else None
+    except (NotImplementedError, AttributeError):
+        return None
+    return getattr(emb, "weight", None)
+
+
+@dataclass(frozen=True)
+class ParamSummary:
+    """Trainable vs total parameter counts."""
+
+    trainable: int
+    total: int
+
+    @property
+    def percent(self) -> float:
+        """Trainable share of all parameters, in percent."""
+        return 100.0 * self.trainable / max(1, self.total)
+
+    def __str__(self) -> str:
+        return f"trainable {self.trainable:,} / {self.total:,} parameters ({self.percent:.3f}%)"
+
+
+def trainable_summary(model: nn.Module) -> ParamSummary:
+    """Count trainable and total parameters (shared tensors counted once)."""
+    seen: dict[int, nn.Parameter] = {id(p): p for p in model.parameters()}
+    return ParamSummary(
+        sum(p.numel() for p in seen.values() if p.requires_grad), sum(p.numel() for p in seen.values())
+    )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where a config would put adapters and what they would cost, without touching the model."""
+
+    targets: list[Target]
+    adapter_params: list[int]
+    base_params: int
+
+    @property
+    def total_adapter_params(self) -> int:
+        return sum(self.adapter_params)
+
+    @property
+    def percent(self) -> float:
+        """Adapter parameters as a percentage of base + adapter parameters."""
+        return 100.0 * self.total_adapter_params / max(1, self.base_params + self.total_adapter_params)
+
+    def table(self) -> str:
+        """A plain-text table: layer, location, mode, module, width, parameters."""
+        rows = [f"{'layer':>5}  {'location':<9} {'mode':<8} {'width':>6} {'params':>9}  module"]
+        for t, n in zip(self.targets, self.adapter_params, strict=True):
+            rows.append(f"{t.layer:>5}  {t.location:<9} {t.mode:<8} {t.width:>6} {n:>9,}  {t.module}")
+        rows.append(
+            f"{len(self.targets)} places, {self.total_adapter_params:,} adapter parameters "
+            f"= {self.percent:.3f}% of {self.base_params + self.total_adapter_params:,}"
+        )
+        return "\n".join(rows)
+
+
+def plan(model: nn.Module, config: AdapterConfig | None = None) -> Plan:
+    """Where ``config`` would put adapters in ``model`` and how many parameters each adds."""
+    config = config or AdapterConfig.pfeiffer()
+    targets = find_targets(model, config)
+    counts = [sum(p.numel() for p in Bottleneck(t.width, config, t.mode).parameters()) for t in targets]
+    return Plan(targets, counts, trainable_summary(model).total)
+
+
+def check_adapters_fire(model: nn.Module, *args: object, **kwargs: object) -> list[str]:
+    """Run one forward with the given inputs and return the paths of active adapters that did not run.
+
+    A hook on a module the host bypasses (e.g. ``F.linear(self.proj.weight, ...)``) never fires; this names
+    such silent adapters. An empty list means every active adapter ran at least once.
+    """
+    seen: set[str] = set()
+    handles = []
+    for host, slot in _slots(model).items():
+        for name in slot.running():
+            path = f"{host}.adapters.{name}"
+            handles.append(slot[name].register_forward_hook(lambda *_, p=path: seen.add(p)))
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    expected = [f"{host}.adapters.{n}" for host, s in _slots(model).items() for n in s.running()]
+    return [p for p in expected if p not in seen]

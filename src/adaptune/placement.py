@@ -1,0 +1,263 @@
+"""Where adapters go: find transformer blocks and the sublayer outputs to adapt, from the model's structure.
+
+Search order (DESIGN.md, principle 3):
+
+1. ``AdapterConfig.target_modules`` — explicit patterns from the user (exact name, ``.suffix`` or regex);
+2. ``ARCH_TABLE`` — a small table keyed by ``config.model_type`` for the few layouts the rule gets wrong;
+3. the structural rule — blocks are the items of the outermost ``nn.ModuleList`` whose items share one class
+   and contain an attention child; in a block the attention output is the last linear writing the block
+   width inside the first child named like ``attn|attention``; the FFN output is the last such linear
+   elsewhere; fused MoE experts (3-D ``nn.Parameter``) make the FFN target the sublayer module itself.
+
+Nothing here modifies the model.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+from .config import AdapterConfig, parse_layers
+
+__all__ = ["ARCH_TABLE", "Block", "Target", "find_blocks", "find_targets", "linear_dims"]
+
+_ATTN = re.compile(r"attn|attention", re.IGNORECASE)
+
+# model_type -> {"attention"|"ffn"|"parallel": module suffix relative to a block}, for layouts the structural rule
+# gets wrong. Each entry says why. Kept deliberately small: the rule is the default.
+ARCH_TABLE: dict[str, dict[str, str]] = {}
+
+
+@dataclass(frozen=True)
+class Block:
+    """One transformer block: its global index, dotted path and hidden width."""
+
+    index: int
+    path: str
+    width: int
+
+
+@dataclass(frozen=True)
+class Target:
+    """One place an adapter is attached.
+
+    Attributes:
+        layer: global block index (module order across stacks), or -1 for a module outside any block.
+        location: ``"attention"``, ``"ffn"`` or ``"custom"`` (an explicit pattern).
+        module: dotted path of the hooked module; the adapters live under ``<module>.adapters``.
+        width: hidden width the adapter reads and writes.
+        mode: ``"output"`` (``out + s·f(out)``) or ``"parallel"`` (``out + s·f(x)``, x the FFN input).
+        input_module: for ``"parallel"`` when the FFN has no container module: the first FFN linear, whose input
+            is the FFN input. ``None`` means the hooked module's own input is used.
+    """
+
+    layer: int
+    location: Literal["attention", "ffn", "custom"]
+    module: str
+    width: int
+    mode: Literal["output", "parallel"] = "output"
+    input_module: str | None = None
+
+
+def linear_dims(module: nn.Module) -> tuple[int, int] | None:
+    """(in, out) features of an ``nn.Linear`` or a Transformers ``Conv1D`` (GPT-2 style); else ``None``."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    # transformers.pytorch_utils.Conv1D stores weight as (in, out); matched by shape contract, not import.
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None:
+        return int(module.weight.shape[0]), int(module.nf)
+    return None
+
+
+def _is_ours(path: str) -> bool:
+    return path == "adapters" or path.endswith(".adapters") or ".adapters." in path
+
+
+def find_blocks(model: nn.Module) -> list[Block]:
+    """Transformer blocks in module order across stacks (encoder before decoder, text before vision).
+
+    Raises:
+        ValueError: no block list was found.
+    """
+    lists: list[str] = []
+    blocks: list[Block] = []
+    for name, mod in model.named_modules():
+        if _is_ours(name) or not isinstance(mod, nn.ModuleList) or len(mod) == 0:
+            continue
+        if any(name.startswith(p + ".") for p in lists):
+            continue  # nested inside a block list already taken (e.g. MoE experts, T5's inner layer list)
+        if len({type(m) for m in mod}) != 1:
+            continue
+        if not any(_ATTN.search(n) for n, _ in mod[0].named_modules() if n):
+            continue  # conv stacks, head lists: no attention, not transformer blocks
+        lists.append(name)
+        for i, item in enumerate(mod):
+            width = _block_width(item)
+            if width is not None:
+                blocks.append(Block(len(blocks), f"{name}.{i}" if name else str(i), width))
+    if not blocks:
+        raise ValueError(
+            f"{type(model).__name__}: found no transformer blocks (looked for an nn.ModuleList whose items share "
+            "one class and contain a child named like attn|attention). Set AdapterConfig.target_modules to name "
+            "the modules to adapt."
+        )
+    return blocks
+
+
+def _block_width(block: nn.Module) -> int | None:
+    # The first linear of a block reads the hidden states (q/qkv projection), so its input is the width.
+    for _, mod in block.named_modules():
+        dims = linear_dims(mod)
+        if dims is not None:
+            return dims[0]
+    return None
+
+
+def _attention_group(rel: str) -> str | None:
+    """The prefix of ``rel`` up to and including its first attention-named component, else None."""
+    parts = rel.split(".")
+    for i, part in enumerate(parts):
+        if _ATTN.search(part):
+            return ".".join(parts[: i + 1])
+    return None
+
+
+def _block_targets(block: Block, root: nn.Module, model_type: str | None) -> dict[str, Target]:
+    """Attention and FFN targets of one block, by the table or the structural rule."""
+    mod = root.get_submodule(block.path)
+    out: dict[str, Target] = {}
+    if model_type in ARCH_TABLE:
+        for kind, suffix in ARCH_TABLE[model_type].items():
+            dims = linear_dims(mod.get_submodule(suffix))
+            width = dims[1] if dims and kind != "parallel" else block.width
+            location = "attention" if kind == "attention" else "ffn"
+            mode = "parallel" if kind == "parallel" else "output"
+            out[kind] = Target(block.index, location, f"{block.path}.{suffix}", width, mode)
+        return out
+
+    attn_groups: dict[str, list[str]] = {}
+    ffn_out: list[str] = []
+    ffn_in: list[str] = []
+    fused_sublayer: str | None = None
+    for rel, sub in mod.named_modules():
+        if not rel or _is_ours(rel):
+            continue
+        group = _attention_group(rel)
+        dims = linear_dims(sub)
+        if group is not None:
+            if dims is not None and dims[1] == block.width:
+                attn_groups.setdefault(group, []).append(rel)
+            continue
+        if dims is not None:
+            if dims[1] == block.width:
+                ffn_out.append(rel)
+            if dims[0] == block.width:
+                ffn_in.append(rel)
+        elif fused_sublayer is None and any(p.dim() >= 3 for p in sub.parameters(recurse=False)):
+            fused_sublayer = rel.split(".")[0]  # the block's child holding fused experts: hook it whole
+    if attn_groups:
+        first = next(iter(attn_groups.values()))
+        out["attention"] = Target(block.index, "attention", f"{block.path}.{first[-1]}", block.width)
+    if fused_sublayer is not None:
+        out["ffn"] = Target(block.index, "ffn", f"{block.path}.{fused_sublayer}", block.width)
+        out["parallel"] = Target(block.index, "ffn", f"{block.path}.{fused_sublayer}", block.width, "parallel")
+    elif ffn_out:
+        last = ffn_out[-1]
+        out["ffn"] = Target(block.index, "ffn", f"{block.path}.{last}", block.width)
+        first_in = ffn_in[0] if ffn_in else None
+        if first_in is not None:
+            common = _common_prefix(first_in, last)
+            if common:  # the FFN has a container (mlp, DenseReluDense): hook it, out + f(its input)
+                out["parallel"] = Target(block.index, "ffn", f"{block.path}.{common}", block.width, "parallel")
+            else:  # FFN linears sit directly in the block (BERT, OPT): read the input of the first one
+                out["parallel"] = Target(
+                    block.index, "ffn", f"{block.path}.{last}", block.width, "parallel", f"{block.path}.{first_in}"
+                )
+    return out
+
+
+def _common_prefix(a: str, b: str) -> str:
+    pa, pb = a.split("."), b.split(".")
+    common = []
+    for x, y in zip(pa[:-1], pb[:-1], strict=False):
+        if x != y:
+            break
+        common.append(x)
+    return ".".join(common)
+
+
+def _match(name: str, pattern: str) -> bool:
+    if name == pattern:
+        return True
+    if pattern.startswith("."):
+        return name.endswith(pattern)
+    try:
+        return re.fullmatch(pattern, name) is not None
+    except re.error:
+        return False
+
+
+def _explicit_targets(model: nn.Module, config: AdapterConfig, blocks: list[Block]) -> list[Target]:
+    assert config.target_modules is not None
+    mode = "parallel" if config.placement == "parallel" else "output"
+    targets: list[Target] = []
+    for name, sub in model.named_modules():
+        if not name or _is_ours(name) or not any(_match(name, p) for p in config.target_modules):
+            continue
+        block = next((b for b in blocks if name.startswith(b.path + ".")), None)
+        dims = linear_dims(sub)
+        width = dims[1] if dims else (block.width if block else None)
+        if width is None:
+            raise ValueError(f"target_modules: cannot tell the output width of {name} ({type(sub).__name__})")
+        targets.append(Target(block.index if block else -1, "custom", name, width, mode))  # type: ignore[arg-type]
+    if not targets:
+        sample = [n for n, _ in model.named_modules() if n and not _is_ours(n)][:8]
+        raise ValueError(
+            f"target_modules={list(config.target_modules)} matched no module of {type(model).__name__} "
+            f"(patterns are an exact name, a '.suffix' or a full regex; names look like {sample})"
+        )
+    return targets
+
+
+def find_targets(model: nn.Module, config: AdapterConfig) -> list[Target]:
+    """Every place ``config`` puts an adapter in ``model``, in module order.
+
+    Raises:
+        ValueError: nothing matches, or the layer selection is invalid; the message says what was tried.
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if config.target_modules is not None:
+        try:
+            blocks = find_blocks(model)
+        except ValueError:
+            blocks = []
+        targets = _explicit_targets(model, config, blocks)
+        if config.layers is not None and blocks:
+            keep = set(parse_layers(config.layers, len(blocks)))
+            targets = [t for t in targets if t.layer in keep]
+        return targets
+
+    blocks = find_blocks(model)
+    keep = set(parse_layers(config.layers, len(blocks)))
+    wanted = {"attention": ["attention"], "ffn": ["ffn"], "both": ["attention", "ffn"], "parallel": ["parallel"]}
+    targets = []
+    missing: list[str] = []
+    for block in blocks:
+        if block.index not in keep:
+            continue
+        found = _block_targets(block, model, model_type)
+        for kind in wanted[config.placement]:
+            if kind in found:
+                targets.append(found[kind])
+            else:
+                missing.append(f"{kind} in {block.path}")
+    if missing:
+        raise ValueError(
+            f"{type(model).__name__} ({model_type}): placement={config.placement!r} found no target for "
+            f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} (rule: last linear writing the block "
+            "width inside an attn|attention child / elsewhere in the block). Set AdapterConfig.target_modules."
+        )
+    return targets
