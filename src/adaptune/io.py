@@ -145,8 +145,9 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _check_base(model: nn.Module, config: AdapterConfig, saved: dict[str, Any], source: Path) -> None:
+    # Compare the coarse facts first: they explain a mismatch better than a failed layer selection does.
     try:
-        here = fingerprint(model, [t.module for t in find_targets(model, config)])
+        here = fingerprint(model, [])
     except ValueError as err:
         raise ValueError(f"{source}: this adapter does not fit the model: {err}") from None
     diffs = [
@@ -154,11 +155,17 @@ def _check_base(model: nn.Module, config: AdapterConfig, saved: dict[str, Any], 
         for key in ("model_type", "num_layers", "widths")
         if saved.get(key) != here[key]
     ]
-    if not diffs and saved.get("targets") != here["targets"]:
-        missing = sorted(set(saved.get("targets", [])) - set(here["targets"]))[:3]
-        diffs.append(f"targets: saved adapter sits at modules the model lacks, e.g. {missing}")
     if diffs:
         raise ValueError(f"{source}: adapter was made for another base model — " + "; ".join(diffs))
+    try:
+        targets = [t.module for t in find_targets(model, config)]
+    except ValueError as err:
+        raise ValueError(f"{source}: this adapter does not fit the model: {err}") from None
+    if saved.get("targets") != targets:
+        missing = sorted(set(saved.get("targets", [])) - set(targets))[:3]
+        raise ValueError(
+            f"{source}: adapter was made for another base model — it sits at modules {missing} that this model lacks"
+        )
 
 
 def load_adapter(
