@@ -119,7 +119,7 @@ def test_bad_files(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="missing"):
         adaptune.load_adapter(model, folder)
     weights.unlink()
-    with pytest.raises(FileNotFoundError, match="adapter.safetensors: missing"):
+    with pytest.raises(FileNotFoundError, match=r"adapter\.safetensors: missing"):
         adaptune.load_adapter(model, folder)
     assert adaptune.list_adapters(model) == []
     assert tensors

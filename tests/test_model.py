@@ -159,8 +159,11 @@ def test_gradient_checkpointing_gives_same_grads(ids: torch.Tensor) -> None:
         randomize(model, "p")
         adaptune.train_adapter(model, "p")
         if ckpt:
-            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            assert model.is_gradient_checkpointing
         model.train()
         model(input_ids=ids, labels=torch.tensor([0, 1, 0])).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})

@@ -170,6 +170,8 @@ def _block_targets(block: Block, root: nn.Module, model_type: str | None) -> dic
         first_in = ffn_in[0] if ffn_in else None
         if first_in is not None:
             common = _common_prefix(first_in, last)
+            if any(g.startswith(common + ".") for g in attn_groups):
+                common = ""  # the shared parent also holds attention (ALBERT's layer): not an FFN container
             if common:  # the FFN has a container (mlp, DenseReluDense): hook it, out + f(its input)
                 out["parallel"] = Target(block.index, "ffn", f"{block.path}.{common}", block.width, "parallel")
             else:  # FFN linears sit directly in the block (BERT, OPT): read the input of the first one
