@@ -164,3 +164,39 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     adaptune.save_adapter(model, "sst", folder)
     assert (folder / "adapter.safetensors").read_bytes() != before
     assert (folder / "NOTES.md").read_text() == "keep me"
+
+
+def test_adapter_moves_between_head_classes(tmp_path: Path, ids: torch.Tensor) -> None:
+    from transformers import BertModel
+
+    model = trained()
+    folder = adaptune.save_adapter(model, "sst", tmp_path / "a")
+    bare = BertModel(model.config).eval()
+    bare.load_state_dict(tiny_bert_classifier().bert.state_dict())
+    with pytest.warns(UserWarning, match="no place for head tensors"):
+        adaptune.load_adapter(bare, folder)
+    assert adaptune.adapter_targets(bare, "sst") == [
+        t.removeprefix("bert.") for t in adaptune.adapter_targets(model, "sst")
+    ]
+    with torch.no_grad():
+        assert torch.equal(bare(input_ids=ids).last_hidden_state, model.bert(input_ids=ids).last_hidden_state)
+
+
+def test_non_finite_weights_are_refused(tmp_path: Path) -> None:
+    folder = adaptune.save_adapter(trained(), "sst", tmp_path / "a")
+    tensors = load_file(folder / "adapter.safetensors")
+    key = sorted(tensors)[0]
+    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    save_file(tensors, str(folder / "adapter.safetensors"))
+    model = tiny_bert_classifier()
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        adaptune.load_adapter(model, folder)
+    assert adaptune.list_adapters(model) == []
+
+
+def test_new_slots_join_the_active_set(bert: torch.nn.Module) -> None:
+    adaptune.add_adapter(bert, "a", AdapterConfig(layers="0-1"))
+    adaptune.add_adapter(bert, "b", AdapterConfig(layers="2-3"), activate=False)
+    assert adaptune.active_adapters(bert) == ["a"]
+    slots = [m for m in bert.modules() if isinstance(m, adaptune.slot.AdapterSlot)]
+    assert all(s.active == ("a",) for s in slots)

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +145,12 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: unreadable or corrupt safetensors file ({err})") from None
 
 
-def _check_base(model: nn.Module, config: AdapterConfig, saved: dict[str, Any], source: Path) -> None:
+def _check_base(model: nn.Module, config: AdapterConfig, saved: dict[str, Any], source: Path) -> tuple[str, str]:
+    """Refuse a different base; returns (saved prefix, model prefix) to map paths between head classes.
+
+    An adapter trained in ``BertForSequenceClassification`` (paths ``bert.encoder...``) fits a ``BertModel``
+    (paths ``encoder...``): same blocks, other wrapper. Anything else that differs is an error.
+    """
     # Compare the coarse facts first: they explain a mismatch better than a failed layer selection does.
     try:
         here = fingerprint(model, [])
@@ -161,11 +167,28 @@ def _check_base(model: nn.Module, config: AdapterConfig, saved: dict[str, Any], 
         targets = [t.module for t in find_targets(model, config)]
     except ValueError as err:
         raise ValueError(f"{source}: this adapter does not fit the model: {err}") from None
-    if saved.get("targets") != targets:
-        missing = sorted(set(saved.get("targets", [])) - set(targets))[:3]
+    saved_targets = list(saved.get("targets", []))
+    mapping = _prefix_mapping(saved_targets, targets)
+    if mapping is None:
+        missing = sorted(set(saved_targets) - set(targets))[:3]
         raise ValueError(
             f"{source}: adapter was made for another base model — it sits at modules {missing} that this model lacks"
         )
+    return mapping
+
+
+def _prefix_mapping(saved: list[str], here: list[str]) -> tuple[str, str] | None:
+    """(old, new) such that ``new + s[len(old):]`` turns every saved path into the model's, else None."""
+    if len(saved) != len(here) or not saved:
+        return ("", "") if saved == here else None
+    a, b = saved[0], here[0]
+    tail = 0
+    while tail < min(len(a), len(b)) and a[len(a) - 1 - tail] == b[len(b) - 1 - tail]:
+        tail += 1
+    old, new = a[: len(a) - tail], b[: len(b) - tail]
+    if all(s.startswith(old) and new + s[len(old) :] == h for s, h in zip(saved, here, strict=True)):
+        return old, new
+    return None
 
 
 def load_adapter(
@@ -195,8 +218,8 @@ def load_adapter(
     name = name or saved_name
     if not isinstance(name, str):
         raise ValueError(f"{src / CONFIG_FILE}: field 'name' missing; pass name=")
-    _check_base(model, config, meta["base"], src)
-    tensors = _read_tensors(src / WEIGHTS_FILE)
+    old_prefix, new_prefix = _check_base(model, config, meta["base"], src)
+    tensors = {_swap_prefix(k, old_prefix, new_prefix): v for k, v in _read_tensors(src / WEIGHTS_FILE).items()}
     head_tensors = _read_tensors(src / HEAD_FILE) if load_head and (src / HEAD_FILE).exists() else {}
 
     add_adapter(model, name, config, activate=False)
@@ -210,6 +233,10 @@ def load_adapter(
     if activate:
         set_active(model, [name])
     return name
+
+
+def _swap_prefix(key: str, old: str, new: str) -> str:
+    return new + key[len(old) :] if key.startswith(old) else key
 
 
 def _copy_into(model: nn.Module, name: str, saved_name: str, tensors: dict[str, torch.Tensor], src: Path) -> None:
@@ -234,6 +261,8 @@ def _copy_tensor(target: torch.Tensor, value: torch.Tensor, key: str, src: Path)
         raise ValueError(f"{src}: tensor {key} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
     if not value.is_floating_point():
         raise ValueError(f"{src}: tensor {key} has dtype {value.dtype}, expected a floating-point dtype")
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{src}: tensor {key} holds NaN or infinite values")
     target.copy_(value.to(dtype=target.dtype, device=target.device))
 
 
@@ -241,7 +270,11 @@ def _copy_head(model: nn.Module, tensors: dict[str, torch.Tensor], src: Path) ->
     state = {k: v for k, v in model.state_dict(keep_vars=True).items()}
     unknown = sorted(k for k in tensors if k not in state)
     if unknown:
-        raise ValueError(f"{src}: head tensors {unknown[:3]} have no place in {type(model).__name__} (another head?)")
+        # A model without that head (a bare BertModel, another task class) still takes the adapter.
+        warnings.warn(
+            f"{src}: {type(model).__name__} has no place for head tensors {unknown[:3]}; head not loaded", stacklevel=3
+        )
+        tensors = {k: v for k, v in tensors.items() if k in state}
     for key, value in tensors.items():
         if tuple(value.shape) != tuple(state[key].shape):
             raise ValueError(

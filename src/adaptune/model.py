@@ -107,12 +107,14 @@ def add_adapter(
     if name in list_adapters(model):
         raise ValueError(f"an adapter named {name!r} already exists; delete it first or pick another name")
     targets = find_targets(model, config)
+    current = tuple(active_adapters(model))  # new slots join the model-wide active set
     for t in targets:
         host = model.get_submodule(t.module)
         slot = getattr(host, "adapters", None)
         input_module = model.get_submodule(t.input_module) if t.input_module else None
         if slot is None:
             slot = AdapterSlot(host, input_module)
+            slot.active = current
             host.add_module("adapters", slot)
         elif not isinstance(slot, AdapterSlot):
             raise ValueError(f"{t.module} already has a child 'adapters' that is not adaptune's; cannot attach")
