@@ -110,19 +110,22 @@ class AdapterConfig:
     def pfeiffer(cls, reduction_factor: float = 16, **kwargs: Any) -> AdapterConfig:
         """Pfeiffer et al. (2021): one adapter after the FFN sublayer, ReLU."""
         kwargs.setdefault("activation", "relu")
-        return cls(placement="ffn", reduction_factor=reduction_factor, **kwargs)
+        kwargs.setdefault("placement", "ffn")
+        return cls(reduction_factor=reduction_factor, **kwargs)
 
     @classmethod
     def houlsby(cls, reduction_factor: float = 16, **kwargs: Any) -> AdapterConfig:
         """Houlsby et al. (2019): adapters after both the attention and the FFN sublayers, swish."""
         kwargs.setdefault("activation", "swish")
-        return cls(placement="both", reduction_factor=reduction_factor, **kwargs)
+        kwargs.setdefault("placement", "both")
+        return cls(reduction_factor=reduction_factor, **kwargs)
 
     @classmethod
     def parallel(cls, reduction_factor: float = 16, scaling: float = 4.0, **kwargs: Any) -> AdapterConfig:
         """He et al. (2022): an adapter beside the FFN, ``ffn(x) + 4 * f(x)``, ReLU."""
         kwargs.setdefault("activation", "relu")
-        return cls(placement="parallel", reduction_factor=reduction_factor, scaling=scaling, **kwargs)
+        kwargs.setdefault("placement", "parallel")
+        return cls(reduction_factor=reduction_factor, scaling=scaling, **kwargs)
 
     # ---- sizes ---------------------------------------------------------------------------------
     def hidden_size_for(self, width: int) -> int:

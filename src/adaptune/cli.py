@@ -1,0 +1,263 @@
+"""``adaptune`` command line: train, eval, predict, plan, compare, sweep.
+
+Every bad input ends in one line ``adaptune: error: ...`` naming the culprit and exit status 2;
+Ctrl-C during training saves a checkpoint and exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import ACTIVATIONS, PLACEMENTS, AdapterConfig
+
+__all__ = ["adapter_config_from_args", "build_parser", "main"]
+
+TASK_FILE = "task.json"  # written beside a saved adapter: task, labels, model, max_length
+
+
+def _add_adapter_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("adapter")
+    g.add_argument("--preset", choices=("pfeiffer", "houlsby", "parallel"), default="pfeiffer")
+    g.add_argument("--placement", choices=PLACEMENTS, help="override the preset's placement")
+    g.add_argument("--layers", help="all | 0,2,4 | 2-5 | last:K | top-half | bottom-half")
+    g.add_argument("--reduction-factor", type=float, default=16.0)
+    g.add_argument("--bottleneck-size", type=int, help="explicit bottleneck size (overrides --reduction-factor)")
+    g.add_argument("--activation", choices=ACTIVATIONS, help="override the preset's activation")
+    g.add_argument("--scaling", type=float, help="override the preset's scaling")
+    g.add_argument("--adapter-dropout", type=float, default=0.0)
+    g.add_argument("--target-modules", nargs="+", help="explicit module names / .suffixes / regexes")
+
+
+def adapter_config_from_args(a: argparse.Namespace) -> AdapterConfig:
+    """The AdapterConfig the adapter options describe."""
+    kwargs: dict[str, Any] = {"reduction_factor": a.reduction_factor, "dropout": a.adapter_dropout}
+    for key in ("bottleneck_size", "activation", "scaling", "layers", "placement", "target_modules"):
+        if getattr(a, key, None) is not None:
+            kwargs[key] = getattr(a, key)
+    preset = getattr(AdapterConfig, a.preset)
+    return preset(**kwargs)
+
+
+def _add_data_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument(
+        "--data", required=required, help="built-in dataset name, CSV/TSV/JSONL file, or label/*.txt folder"
+    )
+    p.add_argument("--text-column")
+    p.add_argument("--label-column")
+    p.add_argument("--target-column")
+    p.add_argument("--limit", type=int, help="cap each split at this many examples")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(prog="adaptune", description="Bottleneck adapters for Transformers models.")
+    parser.add_argument("--version", action="version", version=f"adaptune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train an adapter (or fully fine-tune) and write a report")
+    t.add_argument("--task", choices=("classification", "qa", "causal-lm"), default="classification")
+    t.add_argument("--model", default="minilm", help="built-in alias (minilm, smollm2) or a local HF folder")
+    _add_data_options(t)
+    t.add_argument("--out", required=True, help="output folder (adapter, checkpoints, report)")
+    t.add_argument("--name", default="adapter", help="adapter name")
+    _add_adapter_options(t)
+    t.add_argument("--full-finetune", action="store_true", help="train every weight instead of an adapter")
+    g = t.add_argument_group("training")
+    g.add_argument("--epochs", type=float, default=1.0)
+    g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--grad-accum", type=int, default=1)
+    g.add_argument("--max-length", type=int, default=128)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--eval-every", type=int, help="validate every N steps")
+    g.add_argument("--eval-limit", type=int, default=500, help="validation examples per pass")
+    g.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
+    g.add_argument("--log-every", type=int, default=10)
+    g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    g.add_argument("--exec-tests", action="store_true", help="code data: run generated code for pass@1")
+
+    e = sub.add_parser("eval", help="metrics of a saved adapter on data")
+    e.add_argument("--adapter", required=True, help="a saved adapter folder (from train: OUT/adapter)")
+    e.add_argument("--model", help="default: the model the adapter was trained on")
+    _add_data_options(e)
+    e.add_argument(
+        "--split",
+        choices=("train", "validation", "test", "all"),
+        help="default: 'test' for a built-in dataset, 'all' rows of a file or folder",
+    )
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--max-length", type=int)
+    e.add_argument("--exec-tests", action="store_true", help="code data: run generated code for pass@1")
+    e.add_argument("--generate-limit", type=int, default=50)
+    e.add_argument("--json", action="store_true", help="print metrics as JSON")
+
+    pr = sub.add_parser("predict", help="labels / answers / completions for texts")
+    pr.add_argument("--adapter", required=True)
+    pr.add_argument("--model")
+    pr.add_argument("texts", nargs="*", help="texts (or use --file; '-' reads stdin)")
+    pr.add_argument("--file", help="a .txt (one text per line) or .jsonl (field 'text') file; '-' = stdin")
+    pr.add_argument("--batch-size", type=int, default=16)
+    pr.add_argument("--max-new-tokens", type=int, default=64)
+    pr.add_argument("--jsonl", action="store_true", help="one JSON object per line")
+
+    pl = sub.add_parser("plan", help="where adapters would go and what they cost")
+    pl.add_argument("--model", default="minilm")
+    pl.add_argument("--task", choices=("classification", "qa", "causal-lm"))
+    _add_adapter_options(pl)
+
+    from .experiments import add_compare_parser, add_sweep_parser
+
+    add_compare_parser(sub)
+    add_sweep_parser(sub)
+    return parser
+
+
+def _read_task(adapter_dir: Path) -> dict[str, Any]:
+    path = adapter_dir / TASK_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (written by `adaptune train`; pass --model and data options)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: unreadable ({err})") from None
+
+
+def _load_adapted(adapter_dir: Path, model_name: str | None) -> tuple[Any, Any, dict[str, Any]]:
+    from .assets import resolve_model
+    from .io import load_adapter
+    from .tasks import load_model
+
+    info = _read_task(adapter_dir)
+    model, tok = load_model(info["task"], resolve_model(model_name or info["model"]), info.get("labels"))
+    load_adapter(model, adapter_dir)
+    model.eval()
+    return model, tok, info
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .train import RunConfig, run_training
+
+    cfg = RunConfig(
+        task=a.task, model=a.model, data=a.data, out=a.out, name=a.name,
+        adapter=None if a.full_finetune else adapter_config_from_args(a),
+        text_column=a.text_column, label_column=a.label_column, target_column=a.target_column,
+        epochs=a.epochs, max_steps=a.max_steps, lr=a.lr, weight_decay=a.weight_decay, batch_size=a.batch_size,
+        grad_accum=a.grad_accum, max_length=a.max_length, seed=a.seed, limit=a.limit, eval_every=a.eval_every,
+        eval_limit=a.eval_limit, save_every=a.save_every, log_every=a.log_every, resume=a.resume,
+        exec_tests=a.exec_tests,
+    )  # fmt: skip
+    result = run_training(cfg)
+    print(json.dumps({k: v for k, v in result.metrics.items() if k.startswith("test_")}))
+    print(f"adapter: {Path(a.out) / ('model' if a.full_finetune else 'adapter')}  report: {Path(a.out) / 'report'}")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from .builtin_data import BUILTIN_DATASETS
+    from .data import check_labels, load_dataset, read_file
+    from .evaluate import evaluate
+
+    adapter_dir = Path(a.adapter)
+    model, tok, info = _load_adapted(adapter_dir, a.model)
+    split = a.split or ("test" if a.data in BUILTIN_DATASETS else "all")
+    columns = {"text_column": a.text_column, "label_column": a.label_column, "target_column": a.target_column}
+    if split == "all":  # a held-out file: every row counts, no train split needed
+        examples = read_file(a.data, info["task"], **columns).examples[: a.limit]
+    else:
+        examples = load_dataset(a.data, info["task"], limit=a.limit, **columns).split(split)
+    if not examples:
+        raise ValueError(f"{a.data}: no examples in split {split!r}")
+    if info["task"] == "classification":
+        check_labels(examples, info["labels"], a.data)
+    metrics = evaluate(
+        info["task"], model, tok, examples, labels=info.get("labels"), batch_size=a.batch_size,
+        max_length=a.max_length or info.get("max_length", 128), generate_limit=a.generate_limit,
+        exec_tests=a.exec_tests,
+    )  # fmt: skip
+    if a.json:
+        print(json.dumps(metrics))
+    else:
+        for k, v in metrics.items():
+            print(f"{k:>14}  {v:.4f}")
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from .data import read_texts
+    from .evaluate import predict_labels
+    from .tasks import LmEncoder, batches
+
+    texts = list(a.texts)
+    if a.file:
+        texts += read_texts(a.file)
+    if texts == ["-"]:
+        texts = read_texts("-")
+    if not texts:
+        raise ValueError("predict: no texts (give them as arguments, with --file, or '-' for stdin)")
+    model, tok, info = _load_adapted(Path(a.adapter), a.model)
+    max_length = info.get("max_length", 128)
+    if info["task"] == "classification":
+        for text, (label, prob) in zip(
+            texts, predict_labels(model, tok, texts, info["labels"], a.batch_size, max_length), strict=True
+        ):
+            print(
+                json.dumps({"text": text, "label": label, "prob": round(prob, 4)}, ensure_ascii=False)
+                if a.jsonl
+                else f"{label}\t{prob:.3f}\t{text}"
+            )
+        return 0
+    encoder = LmEncoder(tok, info["task"], max_length)
+    for chunk in batches(texts, a.batch_size):
+        for text, out in zip(chunk, encoder.generate(model, chunk, a.max_new_tokens), strict=True):
+            print(json.dumps({"text": text, "output": out}, ensure_ascii=False) if a.jsonl else f"{text}\n=> {out}\n")
+    return 0
+
+
+def cmd_plan(a: argparse.Namespace) -> int:
+    from transformers import AutoConfig, AutoModel
+
+    from .assets import resolve_model
+    from .model import plan
+
+    path = resolve_model(a.model)
+    # Empty weights are enough to plan: build on the meta device, no memory, no loading time.
+    import torch
+
+    with torch.device("meta"):
+        model = AutoModel.from_config(AutoConfig.from_pretrained(path))
+    print(plan(model, adapter_config_from_args(a)).table())
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "plan": cmd_plan}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``adaptune`` command."""
+    from .data import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in COMMANDS:
+            return COMMANDS[args.command](args)
+        from .experiments import run_compare, run_sweep
+
+        return {"compare": run_compare, "sweep": run_sweep}[args.command](args)
+    except KeyboardInterrupt:
+        print("adaptune: interrupted", file=sys.stderr)
+        return 130
+    except (DataError, ValueError, FileNotFoundError, KeyError, OSError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"adaptune: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

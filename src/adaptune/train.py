@@ -1,0 +1,261 @@
+"""The training run behind ``adaptune train``: data → model + adapter → loop → checkpoints → report.
+
+The loop is plain PyTorch (AdamW, linear warm-up/decay) so that a checkpoint can hold exactly what a
+resume needs: trainable weights, optimizer, scheduler, RNG states and the data position. The data order
+of epoch ``e`` is a permutation drawn from ``seed`` and ``e`` alone, so a resumed run sees the same
+batches as an uninterrupted one. Ctrl-C saves a checkpoint before exiting.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .assets import resolve_model
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import AdapterConfig
+from .data import Dataset, load_dataset
+from .evaluate import evaluate
+from .io import save_adapter
+from .model import add_adapter, train_adapter, trainable_summary
+from .tasks import LmEncoder, encode_classification, load_model
+
+__all__ = ["RunConfig", "RunResult", "run_training"]
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs (the CLI builds this from its options)."""
+
+    task: str
+    model: str  # a built-in alias or a local Hugging Face folder
+    data: str  # a built-in dataset name, a file or a folder
+    out: str
+    adapter: AdapterConfig | None = field(default_factory=AdapterConfig.pfeiffer)  # None: full fine-tuning
+    name: str = "adapter"
+    text_column: str | None = None
+    label_column: str | None = None
+    target_column: str | None = None
+    epochs: float = 1.0
+    max_steps: int | None = None
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_length: int = 128
+    seed: int = 0
+    limit: int | None = None  # cap each split (quick runs)
+    eval_every: int | None = None  # steps between validation passes (None: at the end only)
+    eval_limit: int | None = 500  # validation examples per pass
+    save_every: int = 100  # steps between checkpoints
+    log_every: int = 10
+    resume: bool = False
+    generate_limit: int | None = 50
+    exec_tests: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["adapter"] = self.adapter.to_dict() if self.adapter else None
+        return d
+
+
+@dataclass
+class RunResult:
+    """What a run measured."""
+
+    metrics: dict[str, Any]
+    history: list[dict[str, float]]
+    out: Path
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux: the process's peak resident memory so far.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _log(msg: str) -> None:
+    print(f"adaptune: {msg}", file=sys.stderr, flush=True)
+
+
+def _encode(cfg: RunConfig, data: Dataset, tok: Any, chunk: list[Any]) -> dict[str, torch.Tensor]:
+    if cfg.task == "classification":
+        assert data.labels is not None
+        return encode_classification(tok, chunk, {n: i for i, n in enumerate(data.labels)}, cfg.max_length)
+    return LmEncoder(tok, cfg.task, cfg.max_length).encode(chunk)
+
+
+def run_training(cfg: RunConfig) -> RunResult:
+    """Train, checkpoint, evaluate on the test split, save the adapter and write the report."""
+    from .report import write_json_atomic, write_report
+
+    out = Path(cfg.out)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    data = load_dataset(
+        cfg.data, cfg.task, text_column=cfg.text_column, label_column=cfg.label_column,
+        target_column=cfg.target_column, limit=cfg.limit,
+    )  # fmt: skip
+    if data.task != cfg.task:
+        raise ValueError(f"data {cfg.data!r} is a {data.task} dataset, but --task is {cfg.task}")
+    _log(data.summary())
+    model_dir = resolve_model(cfg.model)
+    model, tok = load_model(cfg.task, model_dir, data.labels)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    if cfg.adapter is not None:
+        add_adapter(model, cfg.name, cfg.adapter)
+        summary = train_adapter(model, cfg.name)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        summary = trainable_summary(model)
+    _log(str(summary))
+
+    train = data.train
+    per_step = cfg.batch_size * cfg.grad_accum
+    batches_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train) / per_step))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = int(cfg.warmup_ratio * total)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) * max(0.0, (total - s) / max(1, total - warmup))
+    )
+    step, epoch, cursor = 0, 0, 0  # cursor: next micro-batch index within the epoch
+    history: list[dict[str, float]] = []
+    if cfg.resume:
+        state = load_checkpoint(out, model)
+        if state is None:
+            _log(f"--resume: no checkpoint in {out / 'checkpoints'}; starting fresh")
+        else:
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            step, epoch, cursor = state["step"], state["epoch"], state["cursor"]
+            history = list(state["history"])
+            _log(f"resumed from {state['folder']} at step {step}")
+
+    def checkpoint(rng: dict[str, Any] | None = None) -> Path:
+        state = {
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng or rng_state(),
+            "step": step, "epoch": epoch, "cursor": cursor, "history": history,
+        }  # fmt: skip
+        return save_checkpoint(out, step, model, state)
+
+    def order(e: int) -> list[int]:
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + e)
+        return torch.randperm(len(train), generator=g).tolist()
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=step, desc="train", disable=None, unit="step")
+    step_times: list[float] = []
+    perm = order(epoch)
+    model.train()
+    try:
+        while step < total:
+            # Where this step starts: an interrupt rolls back to here, so the resumed run redoes the step.
+            start_epoch, start_cursor, start_rng = epoch, cursor, rng_state()
+            t0 = time.perf_counter()
+            loss_sum = 0.0
+            for _ in range(cfg.grad_accum):
+                if cursor >= batches_per_epoch:
+                    epoch, cursor = epoch + 1, 0
+                    perm = order(epoch)
+                idx = perm[cursor * cfg.batch_size : (cursor + 1) * cfg.batch_size]
+                cursor += 1
+                batch = {k: v.to(device) for k, v in _encode(cfg, data, tok, [train[i] for i in idx]).items()}
+                loss = model(**batch).loss / cfg.grad_accum
+                loss.backward()
+                loss_sum += loss.item()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            step_times.append(time.perf_counter() - t0)
+            history.append({"step": step, "train_loss": loss_sum, "lr": sched.get_last_lr()[0]})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum:.4f}")
+            if step % cfg.log_every == 0 or step == total:
+                _log(f"step {step}/{total} loss {loss_sum:.4f} lr {sched.get_last_lr()[0]:.2e} "
+                     f"{statistics.median(step_times[-cfg.log_every:]):.2f} s/step")  # fmt: skip
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+                history[-1] |= _validate(cfg, data, model, tok)
+                model.train()
+            if step % cfg.save_every == 0 and step < total:
+                checkpoint()
+    except KeyboardInterrupt:
+        bar.close()
+        opt.zero_grad(set_to_none=True)
+        epoch, cursor = start_epoch, start_cursor
+        folder = checkpoint(start_rng)
+        _log(f"interrupted: checkpoint saved at {folder}; continue with --resume")
+        raise
+    bar.close()
+    checkpoint()
+
+    history[-1] |= _validate(cfg, data, model, tok)
+    _log("evaluating on the test split")
+    test = evaluate(
+        cfg.task, model, tok, data.test, labels=data.labels, batch_size=cfg.batch_size * 2,
+        max_length=cfg.max_length, generate_limit=cfg.generate_limit, exec_tests=cfg.exec_tests,
+    )  # fmt: skip
+    saved_bytes = _save(cfg, model, out, data.labels)
+    metrics: dict[str, Any] = {f"test_{k}": v for k, v in test.items()}
+    metrics |= {
+        "trainable_params": summary.trainable,
+        "total_params": summary.total,
+        "trainable_percent": summary.percent,
+        "saved_bytes": saved_bytes,
+        "steps": step,
+        "step_time_s": statistics.median(step_times) if step_times else None,
+        "peak_rss_mb": _peak_rss_mb(),
+        "train_examples": len(data.train),
+        "test_examples": len(data.test),
+    }
+    write_json_atomic(out / "metrics.json", metrics)
+    (out / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")
+    report = write_report(
+        out / "report", title=f"adaptune train: {cfg.task} on {data.name} with {cfg.model}",
+        config=cfg.to_dict(), metrics=metrics, history=history,
+    )  # fmt: skip
+    _log(f"report: {report}")
+    return RunResult(metrics, history, out)
+
+
+def _validate(cfg: RunConfig, data: Dataset, model: torch.nn.Module, tok: Any) -> dict[str, float]:
+    examples = data.validation[: cfg.eval_limit] if cfg.eval_limit else data.validation
+    if not examples:
+        return {}
+    m = evaluate(
+        cfg.task, model, tok, examples, labels=data.labels, batch_size=cfg.batch_size * 2,
+        max_length=cfg.max_length, generate=False,
+    )  # fmt: skip
+    return {f"eval_{k}": v for k, v in m.items()}
+
+
+def _save(cfg: RunConfig, model: torch.nn.Module, out: Path, labels: list[str] | None) -> int:
+    """Save the adapter (+ head) or, for full fine-tuning, the whole model; return bytes on disk."""
+    from .report import write_json_atomic
+
+    if cfg.adapter is not None:
+        folder = save_adapter(model, cfg.name, out / "adapter")
+    else:
+        folder = out / "model"
+        model.save_pretrained(folder)
+    # What eval/predict need to rebuild the model around the adapter.
+    info = {"task": cfg.task, "labels": labels, "model": cfg.model, "max_length": cfg.max_length}
+    write_json_atomic(folder / "task.json", info)
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())

@@ -1,0 +1,82 @@
+"""Tiny model folders and data files for end-to-end CLI tests (built locally; no download)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import torch
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb", "fun"]
+NEGATIVE = ["bad", "awful", "dull", "boring", "poor", "sad"]
+FILLER = ["the", "film", "was", "quite", "a", "story", "plot", "acting", "really", "very", "what", "is", "of"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[EOS]"]
+
+
+def make_tokenizer(words: list[str]):
+    """A word-level fast tokenizer over ``words`` with BERT-style special tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(SPECIAL + sorted(set(words)))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+        eos_token="[EOS]",
+    )  # fmt: skip
+
+
+def vocabulary() -> list[str]:
+    digits = [str(i) for i in range(10)]
+    return POSITIVE + NEGATIVE + FILLER + digits + ["question", "answer", "plus", "equals", "?", ".", ":"]
+
+
+def make_model_dir(root: Path, kind: str) -> Path:
+    """A saved tiny ``bert`` (encoder) or ``llama`` (decoder) folder with its tokenizer."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    tok = make_tokenizer(vocabulary())
+    size = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    torch.manual_seed(0)
+    if kind == "bert":
+        cfg = AutoConfig.for_model("bert", vocab_size=len(tok), max_position_embeddings=64, **size)
+        model = AutoModel.from_config(cfg)
+    else:
+        cfg = AutoConfig.for_model(
+            "llama", vocab_size=len(tok), max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id, bos_token_id=tok.cls_token_id, tie_word_embeddings=False, **size,
+        )  # fmt: skip
+        model = AutoModelForCausalLM.from_config(cfg)
+    out = root / kind
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def make_sentiment_csv(path: Path, n: int = 60, seed: int = 0) -> Path:
+    """Texts whose label is given by one sentiment word among filler words."""
+    rng = random.Random(seed)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(n):
+            label = "pos" if i % 2 == 0 else "neg"
+            words = [*rng.sample(FILLER, 4), rng.choice(POSITIVE if label == "pos" else NEGATIVE)]
+            rng.shuffle(words)
+            w.writerow([" ".join(words), label])
+    return path
+
+
+def make_qa_jsonl(path: Path, n: int = 40) -> Path:
+    """Arithmetic question -> answer pairs."""
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(n):
+            a, b = i % 5, (i // 5) % 5
+            f.write(json.dumps({"question": f"question : {a} plus {b} ?", "answer": str(a + b)}) + "\n")
+    return path
