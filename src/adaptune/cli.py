@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--exec-tests", action="store_true", help="code data: run generated code for pass@1")
 
     e = sub.add_parser("eval", help="metrics of a saved adapter on data")
-    e.add_argument("--adapter", required=True, help="a saved adapter folder (from train: OUT/adapter)")
+    e.add_argument("--adapter", help="a saved adapter folder (from train: OUT/adapter); omit to score the base model")
     e.add_argument("--model", help="default: the model the adapter was trained on")
+    e.add_argument("--task", choices=("qa", "causal-lm"), help="task of the base model (without --adapter)")
     _add_data_options(e)
     e.add_argument(
         "--split",
@@ -99,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print metrics as JSON")
 
     pr = sub.add_parser("predict", help="labels / answers / completions for texts")
-    pr.add_argument("--adapter", required=True)
+    pr.add_argument("--adapter", help="a saved adapter folder; omit to run the base model (qa / causal-lm)")
     pr.add_argument("--model")
+    pr.add_argument("--task", choices=("qa", "causal-lm"), help="task of the base model (without --adapter)")
     pr.add_argument("texts", nargs="*", help="texts (or use --file; '-' reads stdin)")
     pr.add_argument("--file", help="a .txt (one text per line) or .jsonl (field 'text') file; '-' = stdin")
     pr.add_argument("--batch-size", type=int, default=16)
@@ -129,14 +131,21 @@ def _read_task(adapter_dir: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: unreadable ({err})") from None
 
 
-def _load_adapted(adapter_dir: Path, model_name: str | None) -> tuple[Any, Any, dict[str, Any]]:
+def _load_adapted(a: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
+    """Model + tokenizer with the adapter of ``a.adapter`` loaded, or the bare base model without one."""
     from .assets import resolve_model
     from .io import load_adapter
     from .tasks import load_model
 
-    info = _read_task(adapter_dir)
-    model, tok = load_model(info["task"], resolve_model(model_name or info["model"]), info.get("labels"))
-    load_adapter(model, adapter_dir)
+    if a.adapter is None:
+        if not (a.model and a.task):
+            raise ValueError("without --adapter, give --model and --task (qa or causal-lm) to use the base model")
+        info: dict[str, Any] = {"task": a.task, "labels": None, "model": a.model, "max_length": 256}
+    else:
+        info = _read_task(Path(a.adapter))
+    model, tok = load_model(info["task"], resolve_model(a.model or info["model"]), info.get("labels"))
+    if a.adapter is not None:
+        load_adapter(model, a.adapter)
     model.eval()
     return model, tok, info
 
@@ -164,8 +173,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .data import check_labels, load_dataset, read_file
     from .evaluate import evaluate
 
-    adapter_dir = Path(a.adapter)
-    model, tok, info = _load_adapted(adapter_dir, a.model)
+    model, tok, info = _load_adapted(a)
     split = a.split or ("test" if a.data in BUILTIN_DATASETS else "all")
     columns = {"text_column": a.text_column, "label_column": a.label_column, "target_column": a.target_column}
     if split == "all":  # a held-out file: every row counts, no train split needed
@@ -201,7 +209,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         texts = read_texts("-")
     if not texts:
         raise ValueError("predict: no texts (give them as arguments, with --file, or '-' for stdin)")
-    model, tok, info = _load_adapted(Path(a.adapter), a.model)
+    model, tok, info = _load_adapted(a)
     max_length = info.get("max_length", 128)
     if info["task"] == "classification":
         for text, (label, prob) in zip(
