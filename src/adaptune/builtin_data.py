@@ -47,7 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data import DataError, Example, csv_records, decode_utf8, jsonl_records
+from .data import Example
+from .formats import DataError, csv_records, decode_utf8, jsonl_records
 
 __all__ = ["BUILTIN_DATASETS", "BuiltinInfo", "builtin_available", "cache_dir", "load_builtin"]
 

@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--name", default="adapter", help="adapter name")
     _add_adapter_options(t)
     t.add_argument("--full-finetune", action="store_true", help="train every weight instead of an adapter")
+    t.add_argument(
+        "--train-modules",
+        nargs="+",
+        default=[],
+        help="extra modules trained and saved with the head (e.g. bert.pooler)",
+    )
     g = t.add_argument_group("training")
     g.add_argument("--epochs", type=float, default=1.0)
     g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
@@ -154,7 +160,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from .train import RunConfig, run_training
 
     cfg = RunConfig(
-        task=a.task, model=a.model, data=a.data, out=a.out, name=a.name,
+        task=a.task, model=a.model, data=a.data, out=a.out, name=a.name, train_modules=tuple(a.train_modules),
         adapter=None if a.full_finetune else adapter_config_from_args(a),
         text_column=a.text_column, label_column=a.label_column, target_column=a.target_column,
         epochs=a.epochs, max_steps=a.max_steps, lr=a.lr, weight_decay=a.weight_decay, batch_size=a.batch_size,

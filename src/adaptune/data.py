@@ -10,16 +10,14 @@ example, and exact duplicates always land in the same split, so they cannot leak
 
 from __future__ import annotations
 
-import codecs
-import csv
 import hashlib
-import io
-import json
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .formats import MAX_FIELD_CHARS, DataError, _show, csv_records, decode_utf8, field_value, jsonl_records
 
 __all__ = ["DataError", "Dataset", "Example", "Records", "check_labels", "load_dataset", "read_file", "read_texts"]
 
@@ -31,19 +29,8 @@ _SPLIT_NAMES = {"train": "train", "test": "test"} | dict.fromkeys(("validation",
 TEXT_COLUMNS = ("text", "sentence", "review", "headline", "question", "prompt", "input", "content")
 LABEL_COLUMNS = ("label", "category", "class", "target_label", "sentiment", "is_sarcastic")
 TARGET_COLUMNS = ("answer", "completion", "output", "response", "target")
-# A field this long is almost always a broken file (an unclosed quote swallowing the rest); refuse it before it
-# reaches a tokenizer.
-MAX_FIELD_CHARS = 1_000_000
 _DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 _JSONL = (".jsonl", ".ndjson")
-
-
-class DataError(ValueError):
-    """Bad input data; ``str(err)`` is ONE line naming the file, line/row and field, and what was expected."""
-
-    def __init__(self, message: str) -> None:
-        # The CLI prints this as one line; a stray newline (from a value) would break that.
-        super().__init__(" ".join(str(message).splitlines()))
 
 
 @dataclass(frozen=True)
@@ -94,116 +81,6 @@ class Records:
     task: str
     examples: list[Example]
     splits: list[str] | None = None  # per example, from the file's own ``split`` column
-
-
-def _show(value: object, limit: int = 60) -> str:
-    """A short repr for messages (repr also escapes newlines, keeping the message one line)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 4] + "...'"
-
-
-def _json_type(value: object) -> str:
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
-    return names.get(type(value), "number" if isinstance(value, (int, float)) else type(value).__name__)
-
-
-def decode_utf8(data: bytes, name: str) -> str:
-    """Decode ``data`` as UTF-8 (a leading BOM is dropped) or raise a DataError naming the line and byte."""
-    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
-    try:
-        return data[start:].decode("utf-8")
-    except UnicodeDecodeError as err:
-        pos = start + err.start
-        line = data.count(b"\n", 0, pos) + 1
-        col = pos - (data.rfind(b"\n", 0, pos) + 1)
-        raise DataError(
-            f"{name}:{line}: not UTF-8: byte 0x{data[pos]:02X} at byte offset {col} of the line "
-            f"(file offset {pos}); save the file as UTF-8"
-        ) from None
-
-
-def csv_records(
-    text: str, name: str, delimiter: str = ","
-) -> tuple[tuple[int, list[str]], list[tuple[int, list[str]]]]:
-    """Parse CSV/TSV text into ``(first line, fields)`` for the header and each record; blank lines are skipped.
-
-    Raises:
-        DataError: a record with a different field count than the header, a duplicate column, no header.
-    """
-    # Raise the csv module's 128 KiB cap so our own, clearer MAX_FIELD_CHARS check is the one that fires.
-    csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD_CHARS + 1))
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header: list[str] | None = None
-    header_line = 0
-    records: list[tuple[int, list[str]]] = []
-    end = 0  # reader.line_num after the previous record: the next record starts on the line after it
-    try:
-        for row in reader:
-            start, end = end + 1, reader.line_num
-            if not any(row):  # a blank line, or a spreadsheet's row of empty cells
-                continue
-            if header is None:
-                header, header_line = [col.strip() for col in row], start
-                dup = next((c for i, c in enumerate(header) if c in header[:i]), None)
-                if dup is not None:
-                    raise DataError(f"{name}:{start}: column {dup!r} appears twice in the header")
-            elif len(row) != len(header):
-                hint = f" (lines {start}-{end} are one record: an unclosed quote?)" if end > start else ""
-                raise DataError(
-                    f"{name}:{start}: expected {len(header)} fields ({', '.join(header)}), got {len(row)}{hint}"
-                )
-            else:
-                records.append((start, row))
-    except csv.Error as err:
-        if "field larger than field limit" in str(err):
-            raise DataError(f"{name}:{end + 1}: a field is over the limit of {MAX_FIELD_CHARS:,} characters") from None
-        raise DataError(f"{name}:{end + 1}: unreadable CSV record: {err}") from None
-    if header is None:
-        raise DataError(f"{name}: the file is empty; expected a header row and data rows")
-    return (header_line, header), records
-
-
-def jsonl_records(text: str, name: str) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
-    """Parse JSON Lines into the keys seen (in first-seen order) and ``(line, object)`` records.
-
-    Raises:
-        DataError: a line that is not valid JSON or not a JSON object.
-    """
-    keys: dict[str, None] = {}
-    records: list[tuple[int, dict[str, Any]]] = []
-    # Split on "\n" only: str.splitlines() would also split on U+2028 etc., which JSON allows inside strings.
-    for line_no, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{name}:{line_no}: not valid JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{name}:{line_no}: expected a JSON object {{...}}, got {_json_type(obj)}")
-        keys.update(dict.fromkeys(obj))
-        records.append((line_no, obj))
-    return list(keys), records
-
-
-def _field(row: dict[str, Any], column: str, where: str, required: bool = True) -> str:
-    """``row[column]`` as a string, checked: present, a scalar, not too long, and (if required) not blank."""
-    if column not in row:
-        raise DataError(f"{where}: field {column!r} is missing")
-    value = row[column]
-    if isinstance(value, bool):
-        value = "true" if value else "false"  # JSON's spelling, not Python's
-    elif isinstance(value, (int, float)):
-        value = str(value)
-    elif value is None:
-        raise DataError(f"{where}: field {column!r} is null; expected a string")
-    elif not isinstance(value, str):
-        raise DataError(f"{where}: field {column!r} must be a string or number, got {_json_type(value)}")
-    if len(value) > MAX_FIELD_CHARS:
-        raise DataError(f"{where}: field {column!r} is {len(value):,} characters; the limit is {MAX_FIELD_CHARS:,}")
-    if required and not value.strip():
-        raise DataError(f"{where}: field {column!r} is empty")
-    return value
 
 
 def _pick(columns: Sequence[str], wanted: str | None, defaults: Sequence[str], where: str) -> str | None:
@@ -259,22 +136,22 @@ def _rows_to_records(
     for line, row in rows:
         at = f"{name}:{line}"
         if task == "classification":  # labels are names: " pos" in a hand-written CSV means "pos"
-            ex = Example(_field(row, text, at), label=_field(row, label, at).strip(), source=at)
+            ex = Example(field_value(row, text, at), label=field_value(row, label, at).strip(), source=at)
         elif task == "qa":
-            ex = Example(_field(row, text, at), target=_field(row, target, at), source=at)
+            ex = Example(field_value(row, text, at), target=field_value(row, target, at), source=at)
         elif target is None:  # causal-lm on plain text: no prompt, the whole text is the completion
-            ex = Example("", target=_field(row, text, at), source=at)
+            ex = Example("", target=field_value(row, text, at), source=at)
         else:
             ex = Example(
-                _field(row, text, at, required=False),
-                target=_field(row, target, at),
-                tests=_field(row, "test", at) if "test" in columns else None,  # HumanEval-style problems
-                entry_point=_field(row, "entry_point", at) if "entry_point" in columns else None,
+                field_value(row, text, at, required=False),
+                target=field_value(row, target, at),
+                tests=field_value(row, "test", at) if "test" in columns else None,  # HumanEval-style problems
+                entry_point=field_value(row, "entry_point", at) if "entry_point" in columns else None,
                 source=at,
             )
         examples.append(ex)
         if split is not None:
-            value = _field(row, split, at)
+            value = field_value(row, split, at)
             if value.strip().lower() not in _SPLIT_NAMES:
                 raise DataError(f"{at}: field 'split' is {_show(value)}; expected train, validation or test")
             splits.append(_SPLIT_NAMES[value.strip().lower()])
@@ -482,7 +359,7 @@ def read_texts(path: str) -> list[str]:
     texts: list[str] = []
     if suffix in _JSONL:
         _, rows = jsonl_records(text, name)
-        texts = [_field(row, "text", f"{name}:{line}") for line, row in rows]
+        texts = [field_value(row, "text", f"{name}:{line}") for line, row in rows]
     else:
         for line_no, raw in enumerate(text.split("\n"), 1):
             line = raw.removesuffix("\r")

@@ -36,6 +36,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="cap each split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--adapter-lr", type=float, default=1e-3)
+    p.add_argument("--train-modules", nargs="+", default=[], help="extra modules trained with each adapter's head")
     p.add_argument("--text-column")
     p.add_argument("--label-column")
     p.add_argument("--target-column")
@@ -69,6 +70,10 @@ def _train_cmd(a: argparse.Namespace, out: Path, extra: list[str], lr: float) ->
         if getattr(a, opt, None) is not None:
             cmd += [f"--{opt.replace('_', '-')}", str(getattr(a, opt))]
     return cmd + extra
+
+
+def _train_modules(a: argparse.Namespace) -> list[str]:
+    return ["--train-modules", *a.train_modules] if a.train_modules else []
 
 
 def _run(name: str, cmd: list[str], out: Path) -> dict[str, Any]:
@@ -139,7 +144,7 @@ def run_compare(a: argparse.Namespace) -> int:
         runs.append(_run("full-finetune", _train_cmd(a, out / "full-finetune", ["--full-finetune"], a.full_lr),
                          out / "full-finetune"))  # fmt: skip
     for preset in a.presets:
-        extra = ["--preset", preset, "--reduction-factor", str(a.reduction_factor)]
+        extra = ["--preset", preset, "--reduction-factor", str(a.reduction_factor), *_train_modules(a)]
         runs.append(_run(preset, _train_cmd(a, out / preset, extra, a.adapter_lr), out / preset))
     return _finish(a, f"adaptune compare: {a.data} with {a.model}", runs, pareto_plots=False)
 
@@ -153,5 +158,6 @@ def run_sweep(a: argparse.Namespace) -> int:
         folder = out / f"{placement}_{layers.replace(':', '')}_rf{rf:g}"
         preset = "houlsby" if placement == "both" else "parallel" if placement == "parallel" else "pfeiffer"
         extra = ["--preset", preset, "--placement", placement, "--layers", layers, "--reduction-factor", str(rf)]
+        extra += _train_modules(a)
         runs.append(_run(name, _train_cmd(a, folder, extra, a.adapter_lr), folder))
     return _finish(a, f"adaptune sweep: {a.data} with {a.model}", runs, pareto_plots=True)

@@ -27,7 +27,7 @@ from .config import AdapterConfig
 from .data import Dataset, load_dataset
 from .evaluate import evaluate
 from .io import save_adapter
-from .model import add_adapter, train_adapter, trainable_summary
+from .model import DEFAULT_HEADS, add_adapter, head_modules, train_adapter, trainable_summary
 from .tasks import LmEncoder, encode_classification, load_model
 
 __all__ = ["RunConfig", "RunResult", "run_training"]
@@ -43,6 +43,7 @@ class RunConfig:
     out: str
     adapter: AdapterConfig | None = field(default_factory=AdapterConfig.pfeiffer)  # None: full fine-tuning
     name: str = "adapter"
+    train_modules: tuple[str, ...] = ()  # extra modules that train (and are saved) with the head, e.g. bert.pooler
     text_column: str | None = None
     label_column: str | None = None
     target_column: str | None = None
@@ -113,9 +114,12 @@ def run_training(cfg: RunConfig) -> RunResult:
     model, tok = load_model(cfg.task, model_dir, data.labels)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
+    missing = [m for m in cfg.train_modules if m not in head_modules(model, cfg.train_modules)]
+    if missing:
+        raise ValueError(f"--train-modules: {type(model).__name__} has no module {missing[0]!r}")
     if cfg.adapter is not None:
         add_adapter(model, cfg.name, cfg.adapter)
-        summary = train_adapter(model, cfg.name)
+        summary = train_adapter(model, cfg.name, heads=(*DEFAULT_HEADS, *cfg.train_modules))
     else:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -251,7 +255,7 @@ def _save(cfg: RunConfig, model: torch.nn.Module, out: Path, labels: list[str] |
     from .report import write_json_atomic
 
     if cfg.adapter is not None:
-        folder = save_adapter(model, cfg.name, out / "adapter")
+        folder = save_adapter(model, cfg.name, out / "adapter", heads=(*DEFAULT_HEADS, *cfg.train_modules))
     else:
         folder = out / "model"
         model.save_pretrained(folder)
