@@ -199,4 +199,4 @@ def test_new_slots_join_the_active_set(bert: torch.nn.Module) -> None:
     adaptune.add_adapter(bert, "b", AdapterConfig(layers="2-3"), activate=False)
     assert adaptune.active_adapters(bert) == ["a"]
     slots = [m for m in bert.modules() if isinstance(m, adaptune.slot.AdapterSlot)]
-    assert all(s.active == ("a",) for s in slots)
+    assert all(s.active == "a" for s in slots)

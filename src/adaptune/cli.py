@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--max-length", type=int)
     e.add_argument("--exec-tests", action="store_true", help="code data: run generated code for pass@1")
-    e.add_argument("--generate-limit", type=int, default=50)
+    e.add_argument("--generate-limit", type=int, default=50, help="generate for at most N examples (qa/code)")
+    e.add_argument("--max-new-tokens", type=int, default=64, help="generation budget per example")
     e.add_argument("--json", action="store_true", help="print metrics as JSON")
 
     pr = sub.add_parser("predict", help="labels / answers / completions for texts")
@@ -193,7 +194,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     metrics = evaluate(
         info["task"], model, tok, examples, labels=info.get("labels"), batch_size=a.batch_size,
         max_length=a.max_length or info.get("max_length", 128), generate_limit=a.generate_limit,
-        exec_tests=a.exec_tests,
+        exec_tests=a.exec_tests, max_new_tokens=a.max_new_tokens,
     )  # fmt: skip
     if a.json:
         print(json.dumps(metrics))

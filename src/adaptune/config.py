@@ -45,6 +45,8 @@ class AdapterConfig:
         init_std: the standard deviation for ``init="normal"``.
         layer_norm_before: LayerNorm on the adapter input (inside the branch).
         layer_norm_after: LayerNorm on the branch output, before scaling.
+        gate: a learned input-dependent gate per token, ``h + sigmoid(w·h + b) * s * f(h)`` (dynamic adapter);
+            starts at 0.5.
         layers: which transformer blocks get adapters: ``None``/``"all"``, a tuple of indices (negative counts
             from the end), or a string: ``"0,2,4"``, ``"2-5"`` (inclusive), ``"last:3"``, ``"top-half"``,
             ``"bottom-half"``. Blocks are numbered in module order across stacks (encoder then decoder).
@@ -65,6 +67,7 @@ class AdapterConfig:
     init_std: float = 1e-2
     layer_norm_before: bool = False
     layer_norm_after: bool = False
+    gate: bool = False
     layers: LayerSpec = None
     target_modules: tuple[str, ...] | None = None
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from .composition import Stack, adapter_names, validate
 from .config import AdapterConfig
-from .modules import Bottleneck
+from .modules import Bottleneck, Fusion
 from .placement import Target, find_targets
 from .slot import AdapterSlot
 
@@ -24,6 +26,7 @@ __all__ = [
     "ParamSummary",
     "Plan",
     "active_adapters",
+    "active_setup",
     "adapter_config",
     "adapter_modules",
     "add_adapter",
@@ -33,6 +36,7 @@ __all__ = [
     "list_adapters",
     "plan",
     "set_active",
+    "set_adapter_drop",
     "train_adapter",
     "trainable_summary",
 ]
@@ -55,7 +59,7 @@ def list_adapters(model: nn.Module) -> list[str]:
     """Names of the adapters in ``model``, in the order they were first attached."""
     names: dict[str, None] = {}
     for slot in _slots(model).values():
-        names.update(dict.fromkeys(slot.keys()))
+        names.update(dict.fromkeys(slot.adapters()))
     return list(names)
 
 
@@ -64,7 +68,7 @@ def adapter_modules(model: nn.Module, name: str) -> dict[str, Bottleneck]:
     found = {
         f"{host}.adapters.{name}" if host else f"adapters.{name}": s[name]
         for host, s in _slots(model).items()
-        if name in s
+        if isinstance(s._modules.get(name), Bottleneck)
     }
     if not found:
         raise KeyError(f"no adapter named {name!r} in the model; adapters: {list_adapters(model)}")
@@ -78,7 +82,7 @@ def adapter_config(model: nn.Module, name: str) -> AdapterConfig:
 
 def adapter_targets(model: nn.Module, name: str) -> list[str]:
     """Dotted paths of the host modules an adapter is attached to."""
-    return [host for host, s in _slots(model).items() if name in s]
+    return [host for host, s in _slots(model).items() if isinstance(s._modules.get(name), Bottleneck)]
 
 
 def add_adapter(
@@ -104,16 +108,16 @@ def add_adapter(
     config = config or AdapterConfig.pfeiffer()
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"adapter name {name!r}: expected a Python identifier ([A-Za-z_][A-Za-z0-9_]*)")
-    if name in list_adapters(model):
-        raise ValueError(f"an adapter named {name!r} already exists; delete it first or pick another name")
+    if name in list_adapters(model) or any(name in s for s in _slots(model).values()):
+        raise ValueError(f"an adapter or fusion named {name!r} already exists; delete it first or pick another name")
     targets = find_targets(model, config)
-    current = tuple(active_adapters(model))  # new slots join the model-wide active set
+    current = active_setup(model)  # new slots join the model-wide active setup
     for t in targets:
         host = model.get_submodule(t.module)
         slot = getattr(host, "adapters", None)
         input_module = model.get_submodule(t.input_module) if t.input_module else None
         if slot is None:
-            slot = AdapterSlot(host, input_module)
+            slot = AdapterSlot(host, input_module, layer=t.layer)
             slot.active = current
             host.add_module("adapters", slot)
         elif not isinstance(slot, AdapterSlot):
@@ -131,35 +135,76 @@ def add_adapter(
 
 
 def delete_adapter(model: nn.Module, name: str) -> None:
-    """Remove an adapter; a slot left empty unhooks itself, restoring its host exactly."""
+    """Remove an adapter; a slot left without adapters unhooks itself, restoring its host exactly."""
     slots = _slots(model)
-    if not any(name in s for s in slots.values()):
+    if name not in list_adapters(model):
         raise KeyError(f"no adapter named {name!r} in the model; adapters: {list_adapters(model)}")
     for host_path, slot in slots.items():
-        if name in slot:
+        if isinstance(slot._modules.get(name), Bottleneck):
             del slot[name]
-            slot.active = tuple(n for n in slot.active if n != name)
-        if len(slot) == 0:
+        if name in adapter_names(slot.active):
+            slot.active = None
+        if not slot.adapters():
             slot.remove_hooks()
             delattr(model.get_submodule(host_path), "adapters")
 
 
-def set_active(model: nn.Module, names: str | Iterable[str] | None) -> None:
-    """Make ``names`` the active adapters (applied in this order where they share a place); ``None``: none."""
-    wanted = [names] if isinstance(names, str) else list(names or [])
-    known = list_adapters(model)
-    unknown = [n for n in wanted if n not in known]
-    if unknown:
-        raise KeyError(f"unknown adapter(s) {unknown}; adapters in the model: {known}")
+def set_active(model: nn.Module, setup: Any) -> None:
+    """Choose what runs: an adapter name, a list of names (stacked in order), a composition block
+    (``Stack``, ``Fuse``, ``Average``, ``PerExample``) or ``None`` for the bare base model.
+
+    Raises:
+        KeyError: an unknown adapter. ValueError: an invalid nesting or a Fuse without its fusion layer.
+    """
+    if isinstance(setup, (list, tuple)):
+        setup = setup[0] if len(setup) == 1 else (Stack(*setup) if setup else None)
+    if setup is not None:
+        validate(setup, list_adapters(model))
+        _check_fusions(model, setup)
     for slot in _slots(model).values():
-        slot.active = tuple(wanted)
+        slot.active = setup
+
+
+def _check_fusions(model: nn.Module, node: Any) -> None:
+    from .composition import Fuse
+
+    children = getattr(node, "setups", None) or getattr(node, "children", ())
+    if isinstance(node, Fuse):
+        have = {n for s in _slots(model).values() for n, m in s.items() if isinstance(m, Fusion)}
+        if node.name not in have:
+            raise ValueError(f"{node!r}: no fusion layer named {node.name!r}; create it with adaptune.add_fusion")
+        return
+    for child in children:
+        if child is not None and not isinstance(child, str):
+            _check_fusions(model, child)
+
+
+def active_setup(model: nn.Module) -> Any:
+    """The active composition (a name, a block, or None)."""
+    for slot in _slots(model).values():
+        return slot.active
+    return None
 
 
 def active_adapters(model: nn.Module) -> list[str]:
-    """The active adapter names (empty when none is active)."""
+    """Names of the adapters the active setup uses (empty when none is active)."""
+    return adapter_names(active_setup(model))
+
+
+def set_adapter_drop(model: nn.Module, skip_first: int = 0, train_prob: float | None = None) -> None:
+    """AdapterDrop (Rücklé et al. 2021): skip the adapters of blocks ``< skip_first``.
+
+    Args:
+        model: the model.
+        skip_first: blocks whose adapters are affected (0 turns AdapterDrop off).
+        train_prob: ``None`` skips those adapters always (inference speed: backward also stops earlier);
+            a probability drops each of them at random per forward while training only (robustness), and keeps
+            them at inference.
+    """
     for slot in _slots(model).values():
-        return list(slot.active)
-    return []
+        affected = 0 <= slot.layer < skip_first
+        slot.skip = affected and train_prob is None
+        slot.drop_prob = float(train_prob) if affected and train_prob is not None else 0.0
 
 
 def head_modules(model: nn.Module, heads: Iterable[str] = DEFAULT_HEADS) -> dict[str, nn.Module]:
@@ -173,19 +218,23 @@ def head_modules(model: nn.Module, heads: Iterable[str] = DEFAULT_HEADS) -> dict
     return found
 
 
-def train_adapter(model: nn.Module, names: str | Iterable[str], heads: Iterable[str] = DEFAULT_HEADS) -> ParamSummary:
-    """Freeze everything except the named adapters and the task head, and activate the adapters.
+def train_adapter(
+    model: nn.Module, names: str | Iterable[str], heads: Iterable[str] = DEFAULT_HEADS, setup: Any = None
+) -> ParamSummary:
+    """Freeze everything except the named adapters and the task head, and activate them.
 
     Args:
         model: the model holding the adapters.
-        names: adapters to train (activated in this order).
+        names: adapters to train.
         heads: module paths of task heads that train too; those absent from the model are skipped.
+        setup: the active setup while training (default: ``names`` stacked in order), e.g.
+            ``Stack("lang_en", "task")`` to train ``task`` on top of a frozen language adapter.
 
     Returns:
         The trainable-parameter summary after freezing.
     """
     names = [names] if isinstance(names, str) else list(names)
-    set_active(model, names)
+    set_active(model, setup if setup is not None else names)
     for p in model.parameters():
         p.requires_grad_(False)
     for name in names:

@@ -19,7 +19,7 @@ from torch import nn
 
 from .config import AdapterConfig
 
-__all__ = ["Bottleneck", "make_activation"]
+__all__ = ["Bottleneck", "Fusion", "make_activation"]
 
 
 def make_activation(name: str) -> nn.Module:
@@ -60,6 +60,10 @@ class Bottleneck(nn.Module):
         self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else None
         self.up = nn.Linear(self.size, width)
         self.norm_after = nn.LayerNorm(width) if config.layer_norm_after else None
+        self.gate = nn.Linear(width, 1) if config.gate else None
+        if self.gate is not None:
+            nn.init.zeros_(self.gate.weight)  # sigmoid(0) = 0.5 for every token until trained
+            nn.init.zeros_(self.gate.bias)
         if config.learn_scaling:
             self.scale = nn.Parameter(torch.tensor(float(config.scaling)))
         else:
@@ -85,21 +89,75 @@ class Bottleneck(nn.Module):
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         """``s·f(x)`` in the adapter's dtype: (..., d) -> (..., d)."""
-        z = x.to(self.down.weight.dtype)
-        if self.norm_before is not None:
-            z = self.norm_before(z)
+        x = x.to(self.down.weight.dtype)
+        z = self.norm_before(x) if self.norm_before is not None else x
         z = self.act(self.down(z))  # (..., r)
         if self.drop is not None:
             z = self.drop(z)
         z = self.up(z)  # (..., d)
         if self.norm_after is not None:
             z = self.norm_after(z)
+        if self.gate is not None:
+            z = z * torch.sigmoid(self.gate(x))  # (..., 1): how much of this adapter each token takes
         return z * self.scale
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """``residual + s·f(x)`` with ``residual`` defaulting to ``x``; same dtype as the residual."""
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, delta_only: bool = False) -> torch.Tensor:
+        """``residual + s·f(x)`` with ``residual`` defaulting to ``x``, in the residual's dtype.
+
+        With ``delta_only`` it returns ``s·f(x)`` alone (fusion attends over adapter deltas).
+        """
         base = x if residual is None else residual
-        return base + self.branch(x).to(base.dtype)
+        delta = self.branch(x).to(base.dtype)
+        return delta if delta_only else base + delta
 
     def extra_repr(self) -> str:
         return f"width={self.width}, size={self.size}, mode={self.mode}"
+
+
+class Fusion(nn.Module):
+    """AdapterFusion (Pfeiffer et al. 2021, https://arxiv.org/abs/2005.00247) at one place.
+
+    For the adapter input ``h`` (..., d) and the adapters' deltas ``u`` (..., n, d)::
+
+        q = W_q h + b_q              k_i = W_k u_i + b_k          v_i = W_v u_i   (W_v starts as identity)
+        p = softmax_i(q·k_i / T)     h' = h + Σ_i p_i v_i
+
+    ``static=True`` drops the value projection (v_i = u_i). ``T`` is a constant saved with the weights; nothing
+    here changes during ``forward``. Returns ``(h', p)`` so callers can inspect the attention.
+    """
+
+    def __init__(self, width: int, temperature: float = 1.0, static: bool = False) -> None:
+        super().__init__()
+        self.width = width
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(width, width)
+        self.value = None if static else nn.Linear(width, width, bias=False)
+        self.register_buffer("temperature", torch.tensor(float(temperature)), persistent=True)
+        with torch.no_grad():
+            for lin in (self.query, self.key):
+                nn.init.normal_(lin.weight, std=0.02)
+                nn.init.zeros_(lin.bias)
+            if self.value is not None:
+                self.value.weight.copy_(torch.eye(width))
+
+    def forward(self, h: torch.Tensor, deltas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h: (..., d), deltas: (..., n, d) -> (h' (..., d), p (..., n))."""
+        z = h.to(self.query.weight.dtype)
+        u = deltas.to(self.query.weight.dtype)
+        q = self.query(z)  # (..., d)
+        k = self.key(u)  # (..., n, d)
+        scores = (k @ q.unsqueeze(-1)).squeeze(-1) / self.temperature  # (..., n)
+        p = scores.softmax(-1)
+        v = self.value(u) if self.value is not None else u  # (..., n, d)
+        mixed = (p.unsqueeze(-1) * v).sum(-2)  # (..., d)
+        return h + mixed.to(h.dtype), p
+
+    def value_distance(self) -> torch.Tensor:
+        """||W_v - I||² (0 for a static fusion): the regulariser that keeps the value map near identity."""
+        if self.value is None:
+            return self.query.weight.new_zeros(())
+        eye = torch.eye(self.width, device=self.value.weight.device, dtype=self.value.weight.dtype)
+        return (self.value.weight - eye).pow(2).sum()
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}, static={self.value is None}"

@@ -1,12 +1,13 @@
 """The hook point: a ``ModuleDict`` of adapters attached as a child ``adapters`` of the module it adapts.
 
 An ``AdapterSlot`` lives at ``<host>.adapters``, so the host's own parameter names never change and the
-adapters' names are ``<host>.adapters.<name>.down.weight``. It registers one forward hook on the host (and,
-for a parallel adapter beside an FFN without a container, one pre-hook on the FFN's first linear) and
-applies the active adapters present in it, in activation order::
+adapters' names are ``<host>.adapters.<name>.down.weight`` (fusion layers sit beside them,
+``<host>.adapters.<fusion name>.query.weight``). It registers one forward hook on the host (and, for a
+parallel adapter beside an FFN without a container, one pre-hook on the FFN's first linear) and applies the
+active setup (a ``composition`` tree) to the host's output::
 
-    output mode:    h  -> A_k(...A_1(h))                  (serial: h + s·f(h) each)
-    parallel mode:  h  -> h + s·f(x)                       (x = the FFN input)
+    output mode:    h  -> h + s·f(h)                (an adapter in a Stack: serial)
+    parallel mode:  h  -> h + s·f(x)                (x = the FFN input)
 
 Hooks are bound methods of the slot, so ``copy.deepcopy`` of the model rebinds them to the copied slot.
 """
@@ -19,23 +20,28 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .modules import Bottleneck
+from .composition import Average, Fuse, PerExample, Stack, adapter_names
+from .modules import Bottleneck, Fusion
 
 __all__ = ["AdapterSlot"]
 
 
 class AdapterSlot(nn.ModuleDict):
-    """Adapters attached to one host module, plus the hooks that run them.
+    """Adapters (and fusion layers) attached to one host module, plus the hooks that run them.
 
     Args:
         host: the module whose output is adapted.
         input_module: for parallel adapters where the FFN input is the input of another module (BERT's
             ``intermediate.dense``); ``None`` if the host's own input is the FFN input.
+        layer: the block index of the host (-1 outside blocks), for AdapterDrop.
     """
 
-    def __init__(self, host: nn.Module, input_module: nn.Module | None = None) -> None:
+    def __init__(self, host: nn.Module, input_module: nn.Module | None = None, layer: int = -1) -> None:
         super().__init__()
-        self.active: tuple[str, ...] = ()
+        self.active: Any = None  # a composition node (name, Stack, Fuse, Average, PerExample) or None
+        self.layer = layer
+        self.skip = False  # AdapterDrop: always skip this slot
+        self.drop_prob = 0.0  # AdapterDrop while training: skip with this probability per forward
         self.has_input_module = input_module is not None
         # The FFN input, captured by the pre-hook and consumed by the forward hook of the same call. It is
         # the only state a forward touches, it never outlives one host call, and recomputation under
@@ -57,12 +63,19 @@ class AdapterSlot(nn.ModuleDict):
             handle.remove()
         self._handles = []
 
+    def adapters(self) -> dict[str, Bottleneck]:
+        """The adapters here (fusion layers excluded)."""
+        return {n: m for n, m in self.items() if isinstance(m, Bottleneck)}
+
     def running(self) -> list[str]:
-        """Names of the active adapters present in this slot, in application order."""
-        return [n for n in self.active if n in self]
+        """Names of the active adapters present in this slot."""
+        return [n for n in adapter_names(self.active) if isinstance(self._modules.get(n), Bottleneck)]
+
+    def _needs_input(self) -> bool:
+        return any(self[n].mode == "parallel" for n in self.running())
 
     def _capture_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        if any(self[n].mode == "parallel" for n in self.running()):
+        if self.active is not None and self._needs_input():
             self._pending_input = args[0]
 
     def _host_input(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
@@ -78,9 +91,13 @@ class AdapterSlot(nn.ModuleDict):
                 return kwargs[key]
         raise RuntimeError("adaptune: cannot find the input tensor of the hooked module for a parallel adapter")
 
+    def _skipped(self) -> bool:
+        if self.skip:
+            return True
+        return self.training and self.drop_prob > 0 and bool(torch.rand(()) < self.drop_prob)
+
     def _after_host(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
-        names = self.running()
-        if not names:
+        if self.active is None or not self.running():
             return None
         if isinstance(output, torch.Tensor):
             h, rest = output, None
@@ -88,13 +105,66 @@ class AdapterSlot(nn.ModuleDict):
             h, rest = output[0], output[1:]  # keep tuple outputs (hidden, router_logits, ...) intact
         else:
             raise TypeError(f"adaptune: cannot adapt an output of type {type(output).__name__}")
-        x = None
-        for name in names:
-            adapter: Bottleneck = self[name]
-            if adapter.mode == "parallel":
-                if x is None:
-                    x = self._host_input(args, kwargs)
-                h = adapter(x, residual=h)
-            else:
-                h = adapter(h)
+        x = self._host_input(args, kwargs) if self._needs_input() else None
+        if self._skipped():
+            return None
+        h = self.apply_setup(self.active, h, x)
         return h if rest is None else (h, *rest)
+
+    # ---- composition ---------------------------------------------------------------------------
+    def apply_setup(self, node: Any, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        """Apply a composition tree to ``h`` (x: the FFN input for parallel adapters)."""
+        if node is None:
+            return h
+        if isinstance(node, str):
+            adapter = self._modules.get(node)
+            if not isinstance(adapter, Bottleneck):
+                return h  # this adapter has no place here (e.g. other layers only)
+            return adapter(x, residual=h) if adapter.mode == "parallel" else adapter(h)
+        if isinstance(node, Stack):
+            for child in node.children:
+                h = self.apply_setup(child, h, x)
+            return h
+        if isinstance(node, Average):
+            outs = [(w, self.apply_setup(c, h, x)) for c, w in zip(node.children, node.weights, strict=True)]
+            return sum((w * o for w, o in outs), torch.zeros_like(h))
+        if isinstance(node, Fuse):
+            return self._fuse(node, h, x)
+        if isinstance(node, PerExample):
+            return self._per_example(node, h, x)
+        raise TypeError(f"adaptune: unknown composition block {node!r}")
+
+    def _fuse(self, node: Fuse, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        present = [c for c in node.children if isinstance(self._modules.get(c), Bottleneck)]
+        fusion = self._modules.get(node.name)
+        if not present:
+            return h
+        if not isinstance(fusion, Fusion):
+            raise RuntimeError(f"adaptune: no fusion layer {node.name!r} here; call add_fusion first")
+        deltas = []
+        for name in present:
+            adapter = self[name]
+            inp = x if adapter.mode == "parallel" else h
+            deltas.append(adapter(inp, residual=h, delta_only=True))
+        out, _ = fusion(h, torch.stack(deltas, dim=-2))  # (..., n, d) -> (..., d)
+        return out
+
+    def _per_example(self, node: PerExample, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        if h.shape[0] != len(node.setups):
+            raise ValueError(
+                f"adaptune: per-example setup has {len(node.setups)} entries but the hooked tensor has leading "
+                f"dimension {h.shape[0]} (batch size mismatch, or this architecture flattens the batch here)"
+            )
+        groups: dict[Any, list[int]] = {}
+        for i, setup in enumerate(node.setups):
+            groups.setdefault(setup, []).append(i)
+        if len(groups) == 1:  # the whole batch shares one setup: no gather/scatter
+            return self.apply_setup(node.setups[0], h, x)
+        out = h
+        for setup, rows in groups.items():
+            if setup is None:
+                continue
+            idx = torch.tensor(rows, device=h.device)
+            sub_x = x.index_select(0, idx) if x is not None else None
+            out = out.index_copy(0, idx, self.apply_setup(setup, h.index_select(0, idx), sub_x))
+        return out
