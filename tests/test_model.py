@@ -204,3 +204,10 @@ def test_tied_head_is_refused() -> None:
     adaptune.add_adapter(model, "a")
     with pytest.raises(ValueError, match="input embeddings"):
         adaptune.train_adapter(model, "a", heads=("lm_head",))
+
+
+def test_new_adapters_follow_the_model_mode(bert: nn.Module, ids: torch.Tensor) -> None:
+    """Adding an adapter (with dropout) to a model in eval mode must not make its outputs random."""
+    adaptune.add_adapter(bert, "d", AdapterConfig(dropout=0.5, init="normal"))
+    assert not any(m.training for m in bert.modules())
+    assert torch.equal(logits(bert, ids), logits(bert, ids))

@@ -11,13 +11,26 @@ Quick start::
 
 __version__ = "0.1.0"
 
+from .composition import Average, Fuse, PerExample, Stack
 from .config import AdapterConfig, parse_layers
+from .fusion import (
+    add_fusion,
+    average_adapters,
+    delete_fusion,
+    fusion_modules,
+    fusion_value_loss,
+    list_fusions,
+    load_fusion,
+    save_fusion,
+    train_fusion,
+)
 from .io import fingerprint, load_adapter, save_adapter
 from .model import (
     DEFAULT_HEADS,
     ParamSummary,
     Plan,
     active_adapters,
+    active_setup,
     adapter_config,
     adapter_modules,
     adapter_targets,
@@ -28,38 +41,55 @@ from .model import (
     list_adapters,
     plan,
     set_active,
+    set_adapter_drop,
     train_adapter,
     trainable_summary,
 )
-from .modules import Bottleneck
+from .modules import Bottleneck, Fusion
 from .placement import Block, Target, find_blocks, find_targets
 
 __all__ = [
     "DEFAULT_HEADS",
     "AdapterConfig",
+    "Average",
     "Block",
     "Bottleneck",
+    "Fuse",
+    "Fusion",
     "ParamSummary",
+    "PerExample",
     "Plan",
+    "Stack",
     "Target",
     "__version__",
     "active_adapters",
+    "active_setup",
     "adapter_config",
     "adapter_modules",
     "adapter_targets",
     "add_adapter",
+    "add_fusion",
+    "average_adapters",
     "check_adapters_fire",
     "delete_adapter",
+    "delete_fusion",
     "find_blocks",
     "find_targets",
     "fingerprint",
+    "fusion_modules",
+    "fusion_value_loss",
     "head_modules",
     "list_adapters",
+    "list_fusions",
     "load_adapter",
+    "load_fusion",
     "parse_layers",
     "plan",
     "save_adapter",
+    "save_fusion",
     "set_active",
+    "set_adapter_drop",
     "train_adapter",
+    "train_fusion",
     "trainable_summary",
 ]

@@ -49,7 +49,8 @@ class Fuse:
 
     def __init__(self, *children: str, name: str | None = None) -> None:
         object.__setattr__(self, "children", tuple(children))
-        object.__setattr__(self, "name", name or "fusion_" + "_".join(children))
+        default = "fusion_" + "_".join(c if isinstance(c, str) else type(c).__name__.lower() for c in children)
+        object.__setattr__(self, "name", name or default)
 
 
 @dataclass(frozen=True)

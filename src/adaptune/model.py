@@ -118,6 +118,7 @@ def add_adapter(
         input_module = model.get_submodule(t.input_module) if t.input_module else None
         if slot is None:
             slot = AdapterSlot(host, input_module, layer=t.layer)
+            slot.train(host.training)  # new modules start in training mode; follow the host's mode
             slot.active = current
             host.add_module("adapters", slot)
         elif not isinstance(slot, AdapterSlot):
@@ -128,7 +129,7 @@ def add_adapter(
         adapter = Bottleneck(t.width, config, mode=t.mode).to(
             device=ref.device if ref is not None else None, dtype=dtype
         )
-        slot[name] = adapter
+        slot[name] = adapter.train(host.training)
     if activate:
         set_active(model, [name])
     return targets
