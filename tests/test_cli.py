@@ -188,3 +188,35 @@ def test_real_minilm_on_rotten_tomatoes(tmp_path: Path, capsys) -> None:
     )
     metrics = json.loads(capsys.readouterr().out.strip())
     assert 0 <= metrics["accuracy"] <= 1 and metrics["loss"] > 0
+
+
+def test_fuse_explain_and_composed_eval(assets: dict[str, Path], tmp_path: Path, capsys) -> None:
+    runs = {}
+    for name, preset in (("sent", "pfeiffer"), ("par", "parallel")):
+        runs[name] = tmp_path / name
+        args = train_args(assets, runs[name], "--max-steps", "3", "--lr", "1e-2", "--preset", preset)
+        assert main([*args, "--adapter-dropout", "0.0"]) == 0
+    fused = tmp_path / "fused"
+    args = ["fuse", "--model", str(assets["bert"]), "--data", str(assets["csv"]), "--out", str(fused),
+            "--adapters", str(runs["sent"] / "adapter"), str(runs["par"] / "adapter"),
+            "--max-steps", "3", "--batch-size", "8", "--max-length", "16", "--lr", "1e-2"]  # fmt: skip
+    assert main(args) == 0
+    folder = fused / "fusion"
+    assert {"fusion_config.json", "fusion.safetensors", "task.json", "sent", "par"} <= {
+        p.name for p in folder.iterdir()
+    }
+    capsys.readouterr()
+    assert main(["eval", "--adapter", str(folder), "--data", str(assets["csv"]), "--split", "test", "--json"]) == 0
+    fused_acc = json.loads(capsys.readouterr().out.strip())["accuracy"]
+    metrics = json.loads((fused / "metrics.json").read_text())
+    assert fused_acc == pytest.approx(metrics["test_accuracy"])
+
+    out = tmp_path / "explain"
+    assert main(["explain", "--adapter", str(folder), "--data", str(assets["csv"]), "--out", str(out)]) == 0
+    assert {"fusion_attention.png", "contribution.png", "report.md"} <= {p.name for p in out.iterdir()}
+    assert any(p.name.startswith("fusion_attention_") for p in out.iterdir())  # per class
+
+    both = [str(runs["sent"] / "adapter"), str(runs["par"] / "adapter")]
+    assert main(["eval", "--adapter", *both, "--setup", "Average(sent, par)", "--data", str(assets["csv"])]) == 0
+    assert main(["predict", "--adapter", *both, "--setup", "Stack(sent, par)", "good film"]) == 0
+    assert main(["eval", "--adapter", *both, "--setup", "Fuse(Stack(sent, par))", "--data", str(assets["csv"])]) == 2

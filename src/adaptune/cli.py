@@ -53,20 +53,11 @@ def _add_data_options(p: argparse.ArgumentParser, required: bool = True) -> None
     p.add_argument("--limit", type=int, help="cap each split at this many examples")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for documentation and tests)."""
-    parser = argparse.ArgumentParser(prog="adaptune", description="Bottleneck adapters for Transformers models.")
-    parser.add_argument("--version", action="version", version=f"adaptune {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train an adapter (or fully fine-tune) and write a report")
+def _add_run_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("--task", choices=("classification", "qa", "causal-lm"), default="classification")
     t.add_argument("--model", default="minilm", help="built-in alias (minilm, smollm2) or a local HF folder")
     _add_data_options(t)
     t.add_argument("--out", required=True, help="output folder (adapter, checkpoints, report)")
-    t.add_argument("--name", default="adapter", help="adapter name")
-    _add_adapter_options(t)
-    t.add_argument("--full-finetune", action="store_true", help="train every weight instead of an adapter")
     t.add_argument(
         "--train-modules",
         nargs="+",
@@ -89,10 +80,36 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     g.add_argument("--exec-tests", action="store_true", help="code data: run generated code for pass@1")
 
+
+def _add_setup_options(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument(
+        "--adapter", nargs="+", required=required,
+        help="saved adapter or fusion folder(s); omit to use the base model (qa / causal-lm)",
+    )  # fmt: skip
+    p.add_argument("--setup", help="composition of the loaded adapters, e.g. 'Stack(lang, task)' or 'Average(a, b)'")
+    p.add_argument("--model", help="default: the model the (first) adapter was trained on")
+    p.add_argument("--task", choices=("qa", "causal-lm"), help="task of the base model (without --adapter)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(prog="adaptune", description="Bottleneck adapters for Transformers models.")
+    parser.add_argument("--version", action="version", version=f"adaptune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train an adapter (or fully fine-tune) and write a report")
+    _add_run_options(t)
+    t.add_argument("--name", default="adapter", help="adapter name")
+    _add_adapter_options(t)
+    t.add_argument("--full-finetune", action="store_true", help="train every weight instead of an adapter")
+
+    f = sub.add_parser("fuse", help="train an AdapterFusion over saved adapters (they stay frozen)")
+    _add_run_options(f)
+    f.add_argument("--adapters", nargs="+", required=True, help="saved adapter folders to fuse (2 or more)")
+    f.add_argument("--fusion-reg", type=float, default=0.01, help="λ of the value regulariser")
+
     e = sub.add_parser("eval", help="metrics of a saved adapter on data")
-    e.add_argument("--adapter", help="a saved adapter folder (from train: OUT/adapter); omit to score the base model")
-    e.add_argument("--model", help="default: the model the adapter was trained on")
-    e.add_argument("--task", choices=("qa", "causal-lm"), help="task of the base model (without --adapter)")
+    _add_setup_options(e)
     _add_data_options(e)
     e.add_argument(
         "--split",
@@ -107,14 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print metrics as JSON")
 
     pr = sub.add_parser("predict", help="labels / answers / completions for texts")
-    pr.add_argument("--adapter", help="a saved adapter folder; omit to run the base model (qa / causal-lm)")
-    pr.add_argument("--model")
-    pr.add_argument("--task", choices=("qa", "causal-lm"), help="task of the base model (without --adapter)")
+    _add_setup_options(pr)
     pr.add_argument("texts", nargs="*", help="texts (or use --file; '-' reads stdin)")
     pr.add_argument("--file", help="a .txt (one text per line) or .jsonl (field 'text') file; '-' = stdin")
     pr.add_argument("--batch-size", type=int, default=16)
     pr.add_argument("--max-new-tokens", type=int, default=64)
     pr.add_argument("--jsonl", action="store_true", help="one JSON object per line")
+
+    x = sub.add_parser("explain", help="plots of fusion attention, adapter contributions and gates on data")
+    _add_setup_options(x, required=True)
+    _add_data_options(x)
+    x.add_argument("--split", choices=("train", "validation", "test", "all"))
+    x.add_argument("--out", required=True)
+    x.add_argument("--batch-size", type=int, default=32)
+    x.add_argument("--max-length", type=int)
 
     pl = sub.add_parser("plan", help="where adapters would go and what they cost")
     pl.add_argument("--model", default="minilm")
@@ -139,22 +162,50 @@ def _read_task(adapter_dir: Path) -> dict[str, Any]:
 
 
 def _load_adapted(a: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
-    """Model + tokenizer with the adapter of ``a.adapter`` loaded, or the bare base model without one."""
+    """Model + tokenizer with the adapters / fusion of ``a.adapter`` loaded and ``a.setup`` active, or the bare
+    base model without adapters."""
     from .assets import resolve_model
+    from .composition import parse
+    from .fusion import load_fusion
     from .io import load_adapter
+    from .model import set_active
     from .tasks import load_model
+    from .train import unique_name
 
-    if a.adapter is None:
+    if not a.adapter:
         if not (a.model and a.task):
             raise ValueError("without --adapter, give --model and --task (qa or causal-lm) to use the base model")
         info: dict[str, Any] = {"task": a.task, "labels": None, "model": a.model, "max_length": 256}
     else:
-        info = _read_task(Path(a.adapter))
+        info = _read_task(Path(a.adapter[0]))
     model, tok = load_model(info["task"], resolve_model(a.model or info["model"]), info.get("labels"))
-    if a.adapter is not None:
-        load_adapter(model, a.adapter)
+    setups: list[Any] = []
+    for folder in a.adapter or []:
+        if (Path(folder) / "fusion_config.json").is_file():
+            setups.append(load_fusion(model, folder, activate=False))
+        else:
+            setups.append(load_adapter(model, folder, name=unique_name(model, folder), activate=False))
+    if a.setup:
+        set_active(model, parse(a.setup))
+    elif setups:
+        set_active(model, setups if len(setups) > 1 else setups[0])
     model.eval()
     return model, tok, info
+
+
+def _examples(a: argparse.Namespace, task: str) -> list[Any]:
+    from .builtin_data import BUILTIN_DATASETS
+    from .data import load_dataset, read_file
+
+    split = a.split or ("test" if a.data in BUILTIN_DATASETS else "all")
+    columns = {"text_column": a.text_column, "label_column": a.label_column, "target_column": a.target_column}
+    if split == "all":  # a held-out file: every row counts, no train split needed
+        examples = read_file(a.data, task, **columns).examples[: a.limit]
+    else:
+        examples = load_dataset(a.data, task, limit=a.limit, **columns).split(split)
+    if not examples:
+        raise ValueError(f"{a.data}: no examples in split {split!r}")
+    return examples
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -176,19 +227,11 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from .builtin_data import BUILTIN_DATASETS
-    from .data import check_labels, load_dataset, read_file
+    from .data import check_labels
     from .evaluate import evaluate
 
     model, tok, info = _load_adapted(a)
-    split = a.split or ("test" if a.data in BUILTIN_DATASETS else "all")
-    columns = {"text_column": a.text_column, "label_column": a.label_column, "target_column": a.target_column}
-    if split == "all":  # a held-out file: every row counts, no train split needed
-        examples = read_file(a.data, info["task"], **columns).examples[: a.limit]
-    else:
-        examples = load_dataset(a.data, info["task"], limit=a.limit, **columns).split(split)
-    if not examples:
-        raise ValueError(f"{a.data}: no examples in split {split!r}")
+    examples = _examples(a, info["task"])
     if info["task"] == "classification":
         check_labels(examples, info["labels"], a.data)
     metrics = evaluate(
@@ -235,6 +278,40 @@ def cmd_predict(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fuse(a: argparse.Namespace) -> int:
+    from .train import RunConfig, run_training
+
+    if len(a.adapters) < 2:
+        raise ValueError("fuse: give at least two --adapters folders")
+    cfg = RunConfig(
+        task=a.task, model=a.model, data=a.data, out=a.out, adapter=None, fuse_from=tuple(a.adapters),
+        fusion_reg=a.fusion_reg, train_modules=tuple(a.train_modules),
+        text_column=a.text_column, label_column=a.label_column, target_column=a.target_column,
+        epochs=a.epochs, max_steps=a.max_steps, lr=a.lr, weight_decay=a.weight_decay, batch_size=a.batch_size,
+        grad_accum=a.grad_accum, max_length=a.max_length, seed=a.seed, limit=a.limit, eval_every=a.eval_every,
+        eval_limit=a.eval_limit, save_every=a.save_every, log_every=a.log_every, resume=a.resume,
+    )  # fmt: skip
+    result = run_training(cfg)
+    print(json.dumps({k: v for k, v in result.metrics.items() if k.startswith("test_")}))
+    print(f"fusion: {Path(a.out) / 'fusion'}  report: {Path(a.out) / 'report'}")
+    return 0
+
+
+def cmd_explain(a: argparse.Namespace) -> int:
+    from .composition import Fuse
+    from .explain import explain
+    from .model import active_setup
+
+    model, tok, info = _load_adapted(a)
+    examples = _examples(a, info["task"])
+    setup = active_setup(model)
+    fused = list(setup.children) if isinstance(setup, Fuse) else []
+    report = explain(model, tok, examples, a.out, fused=fused, batch_size=a.batch_size,
+                     max_length=a.max_length or info.get("max_length", 128))  # fmt: skip
+    print(f"report: {report}")
+    return 0
+
+
 def cmd_plan(a: argparse.Namespace) -> int:
     from transformers import AutoConfig, AutoModel
 
@@ -251,7 +328,14 @@ def cmd_plan(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "plan": cmd_plan}
+COMMANDS = {
+    "train": cmd_train,
+    "fuse": cmd_fuse,
+    "eval": cmd_eval,
+    "predict": cmd_predict,
+    "explain": cmd_explain,
+    "plan": cmd_plan,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

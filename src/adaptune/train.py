@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import resource
 import statistics
 import sys
@@ -26,7 +27,7 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import AdapterConfig
 from .data import Dataset, load_dataset
 from .evaluate import evaluate
-from .io import save_adapter
+from .io import load_adapter, save_adapter
 from .model import DEFAULT_HEADS, add_adapter, head_modules, train_adapter, trainable_summary
 from .tasks import LmEncoder, encode_classification, load_model
 
@@ -44,6 +45,8 @@ class RunConfig:
     adapter: AdapterConfig | None = field(default_factory=AdapterConfig.pfeiffer)  # None: full fine-tuning
     name: str = "adapter"
     train_modules: tuple[str, ...] = ()  # extra modules that train (and are saved) with the head, e.g. bert.pooler
+    fuse_from: tuple[str, ...] = ()  # saved adapter folders to fuse (AdapterFusion) instead of a new adapter
+    fusion_reg: float = 0.01  # λ of the fusion value regulariser
     text_column: str | None = None
     label_column: str | None = None
     target_column: str | None = None
@@ -117,9 +120,19 @@ def run_training(cfg: RunConfig) -> RunResult:
     missing = [m for m in cfg.train_modules if m not in head_modules(model, cfg.train_modules)]
     if missing:
         raise ValueError(f"--train-modules: {type(model).__name__} has no module {missing[0]!r}")
-    if cfg.adapter is not None:
+    heads = (*DEFAULT_HEADS, *cfg.train_modules)
+    fuse = None
+    if cfg.fuse_from:
+        from .fusion import add_fusion, train_fusion
+
+        names = [
+            load_adapter(model, d, name=unique_name(model, d), activate=False, load_head=False) for d in cfg.fuse_from
+        ]
+        fuse = add_fusion(model, names)
+        summary = train_fusion(model, fuse, heads=heads, regularization=cfg.fusion_reg)
+    elif cfg.adapter is not None:
         add_adapter(model, cfg.name, cfg.adapter)
-        summary = train_adapter(model, cfg.name, heads=(*DEFAULT_HEADS, *cfg.train_modules))
+        summary = train_adapter(model, cfg.name, heads=heads)
     else:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -216,7 +229,7 @@ def run_training(cfg: RunConfig) -> RunResult:
         cfg.task, model, tok, data.test, labels=data.labels, batch_size=cfg.batch_size * 2,
         max_length=cfg.max_length, generate_limit=cfg.generate_limit, exec_tests=cfg.exec_tests,
     )  # fmt: skip
-    saved_bytes = _save(cfg, model, out, data.labels)
+    saved_bytes = _save(cfg, model, out, data.labels, fuse)
     metrics: dict[str, Any] = {f"test_{k}": v for k, v in test.items()}
     metrics |= {
         "trainable_params": summary.trainable,
@@ -250,11 +263,37 @@ def _validate(cfg: RunConfig, data: Dataset, model: torch.nn.Module, tok: Any) -
     return {f"eval_{k}": v for k, v in m.items()}
 
 
-def _save(cfg: RunConfig, model: torch.nn.Module, out: Path, labels: list[str] | None) -> int:
-    """Save the adapter (+ head) or, for full fine-tuning, the whole model; return bytes on disk."""
+def unique_name(model: torch.nn.Module, folder: str) -> str:
+    """A free adapter name for a saved folder: its saved name, else the run folder's name (``runs/sst/adapter``
+    -> ``sst``) made into an identifier."""
+    from .model import list_adapters
+
+    try:
+        saved = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8")).get("name")
+    except (OSError, ValueError):
+        saved = None  # load_adapter reports the real problem
+    taken = set(list_adapters(model))
+    if isinstance(saved, str) and saved not in taken and saved != "adapter":
+        return saved
+    p = Path(folder)
+    base = re.sub(r"\W", "_", (p.parent.name if p.name == "adapter" else p.name)) or "adapter"
+    base = base if base[0].isalpha() or base[0] == "_" else f"a_{base}"
+    name, i = base, 1
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    return name
+
+
+def _save(cfg: RunConfig, model: torch.nn.Module, out: Path, labels: list[str] | None, fuse: Any = None) -> int:
+    """Save the adapter / fusion (+ head) or, for full fine-tuning, the whole model; return bytes on disk."""
     from .report import write_json_atomic
 
-    if cfg.adapter is not None:
+    if fuse is not None:
+        from .fusion import save_fusion
+
+        folder = save_fusion(model, fuse, out / "fusion", heads=(*DEFAULT_HEADS, *cfg.train_modules))
+    elif cfg.adapter is not None:
         folder = save_adapter(model, cfg.name, out / "adapter", heads=(*DEFAULT_HEADS, *cfg.train_modules))
     else:
         folder = out / "model"
