@@ -39,7 +39,7 @@ def test_layer_norms_and_learned_scaling() -> None:
     b = Bottleneck(32, cfg)
     assert isinstance(b.scale, torch.nn.Parameter)
     x = torch.randn(4, 32)
-    branch = b.norm_after(b.up(torch.relu(b.down(b.norm_before(x))))) * 0.5
+    branch = b.norm_after(b.up(torch.relu(b.down(b.norm_before(x)))) * 0.5)
     torch.testing.assert_close(b(x), x + branch)
     b(x).sum().backward()
     assert b.scale.grad is not None

@@ -183,6 +183,10 @@ def _load_adapted(a: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     for folder in a.adapter or []:
         if (Path(folder) / "fusion_config.json").is_file():
             setups.append(load_fusion(model, folder, activate=False))
+        elif (Path(folder) / "adapter_setup.json").is_file():  # an AdapterHub setup (Stack / Fuse)
+            from .interop import load_adapterhub_setup
+
+            setups.append(load_adapterhub_setup(model, folder, activate=False))
         else:
             setups.append(load_adapter(model, folder, name=unique_name(model, folder), activate=False))
     if a.setup:

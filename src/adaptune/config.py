@@ -15,8 +15,16 @@ from typing import Any, Literal
 
 __all__ = ["ACTIVATIONS", "INITS", "PLACEMENTS", "AdapterConfig", "parse_layers"]
 
-Placement = Literal["attention", "ffn", "both", "parallel"]
-PLACEMENTS: tuple[str, ...] = ("attention", "ffn", "both", "parallel")
+Placement = Literal["attention", "ffn", "both", "parallel", "ffn_post_ln", "attention_post_ln", "both_post_ln"]
+PLACEMENTS: tuple[str, ...] = (
+    "attention",
+    "ffn",
+    "both",
+    "parallel",
+    "ffn_post_ln",
+    "attention_post_ln",
+    "both_post_ln",
+)
 ACTIVATIONS: tuple[str, ...] = ("relu", "gelu", "gelu_new", "gelu_tanh", "silu", "swish", "tanh", "identity")
 INITS: tuple[str, ...] = ("identity", "normal", "bert")
 
@@ -33,7 +41,9 @@ class AdapterConfig:
     Attributes:
         placement: ``"attention"`` (after the attention sublayer's output projection), ``"ffn"`` (after the
             feed-forward output projection), ``"both"`` (Houlsby: attention and FFN) or ``"parallel"``
-            (beside the FFN: ``ffn(x) + s * f(x)``).
+            (beside the FFN: ``ffn(x) + s * f(x)``). Post-LN interop placements (AdapterHub's ``seq_bn``), for
+            models whose sublayers end in ``LN(x + h)``: ``"ffn_post_ln"`` / ``"attention_post_ln"`` /
+            ``"both_post_ln"`` hook that LayerNorm and compute ``LN(v + s * f(LN(v)))`` with ``v = x + h``.
         reduction_factor: bottleneck size = model width // reduction_factor (ignored if ``bottleneck_size``).
         bottleneck_size: explicit bottleneck size; overrides ``reduction_factor``.
         activation: one of ``ACTIVATIONS``.

@@ -203,7 +203,7 @@ def load_adapter(
 
     Args:
         model: a model of the same base the adapter was saved from.
-        folder: a folder written by ``save_adapter``.
+        folder: a folder written by ``save_adapter``, or by AdapterHub's ``adapters`` (converted on load).
         name: the name to give it (default: the saved name).
         activate: make it the only active adapter.
         load_head: also load the saved task head, if any (shapes must match: same number of labels).
@@ -212,6 +212,13 @@ def load_adapter(
         FileNotFoundError: a file is missing. ValueError: bad JSON, a different base, wrong shapes or keys.
     """
     src = Path(folder)
+    from .interop import is_adapterhub_folder, load_adapterhub, load_adapterhub_head
+
+    if is_adapterhub_folder(src):  # saved by AdapterHub's `adapters`: convert on the fly
+        name = load_adapterhub(model, src, name, activate=activate)
+        if load_head and (src / "head_config.json").is_file():
+            load_adapterhub_head(model, src)
+        return name
     meta = _read_meta(src)
     config = AdapterConfig.from_dict(meta["config"], source=str(src / CONFIG_FILE))
     saved_name = meta.get("name")

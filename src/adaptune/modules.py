@@ -2,8 +2,8 @@
 
 ``Bottleneck`` is the adapter of Houlsby et al. (2019, https://arxiv.org/abs/1902.00751)::
 
-    h ──┬──────────────────────────────────────────────┐
-        └─ [LN] ─ down (d→r) ─ act ─ drop ─ up (r→d) ─ [LN] ─ ×s ─(+)─> h'
+    h ──┬─────────────────────────────────────────────────────────┐
+        └─ [LN] ─ down (d→r) ─ act ─ drop ─ up (r→d) ─ ×s ─ [×gate] ─ [LN] ─(+)─> h'
 
 It owns its residual: ``forward(x)`` returns ``x + s·f(x)``; for a parallel placement the caller passes
 the residual to add to, ``forward(x, residual=ffn(x))`` returns ``ffn(x) + s·f(x)``. The branch runs in the
@@ -94,12 +94,12 @@ class Bottleneck(nn.Module):
         z = self.act(self.down(z))  # (..., r)
         if self.drop is not None:
             z = self.drop(z)
-        z = self.up(z)  # (..., d)
-        if self.norm_after is not None:
-            z = self.norm_after(z)
+        z = self.up(z) * self.scale  # (..., d)
         if self.gate is not None:
             z = z * torch.sigmoid(self.gate(x))  # (..., 1): how much of this adapter each token takes
-        return z * self.scale
+        if self.norm_after is not None:
+            z = self.norm_after(z)
+        return z
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, delta_only: bool = False) -> torch.Tensor:
         """``residual + s·f(x)`` with ``residual`` defaulting to ``x``, in the residual's dtype.
@@ -140,8 +140,13 @@ class Fusion(nn.Module):
             if self.value is not None:
                 self.value.weight.copy_(torch.eye(width))
 
-    def forward(self, h: torch.Tensor, deltas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """h: (..., d), deltas: (..., n, d) -> (h' (..., d), p (..., n))."""
+    def forward(
+        self, h: torch.Tensor, deltas: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (the query): (..., d), deltas: (..., n, d) -> (residual + Σ p·v (..., d), p (..., n)).
+
+        ``residual`` defaults to ``h``; post-LN placements query with LN(v) and add to v.
+        """
         z = h.to(self.query.weight.dtype)
         u = deltas.to(self.query.weight.dtype)
         q = self.query(z)  # (..., d)
@@ -150,7 +155,8 @@ class Fusion(nn.Module):
         p = scores.softmax(-1)
         v = self.value(u) if self.value is not None else u  # (..., n, d)
         mixed = (p.unsqueeze(-1) * v).sum(-2)  # (..., d)
-        return h + mixed.to(h.dtype), p
+        base = h if residual is None else residual
+        return base + mixed.to(base.dtype), p
 
     def value_distance(self) -> torch.Tensor:
         """||W_v - I||² (0 for a static fusion): the regulariser that keeps the value map near identity."""

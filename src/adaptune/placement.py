@@ -30,6 +30,13 @@ _ATTN = re.compile(r"attn|attention", re.IGNORECASE)
 # gets wrong. Each entry says why. Kept deliberately small: the rule is the default.
 ARCH_TABLE: dict[str, dict[str, str]] = {}
 
+# Post-LN models: each sublayer ends in LN(x + h). Registration order cannot tell them from pre-LN models (BART and
+# mBART declare the same children), so the post-LN interop placements are limited to these model types.
+POST_LN_MODEL_TYPES: frozenset[str] = frozenset(
+    {"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "albert", "electra", "deberta", "deberta-v2",
+     "mpnet", "bart", "ernie", "xlm-roberta-xl"}
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Block:
@@ -49,7 +56,8 @@ class Target:
         location: ``"attention"``, ``"ffn"`` or ``"custom"`` (an explicit pattern).
         module: dotted path of the hooked module; the adapters live under ``<module>.adapters``.
         width: hidden width the adapter reads and writes.
-        mode: ``"output"`` (``out + s·f(out)``) or ``"parallel"`` (``out + s·f(x)``, x the FFN input).
+        mode: ``"output"`` (``out + s·f(out)``), ``"parallel"`` (``out + s·f(x)``, x the FFN input) or
+            ``"post_ln"`` (the module is the sublayer's closing LayerNorm: ``LN(v + s·f(LN(v)))``).
         input_module: for ``"parallel"`` when the FFN has no container module: the first FFN linear, whose input
             is the FFN input. ``None`` means the hooked module's own input is used.
     """
@@ -58,7 +66,7 @@ class Target:
     location: Literal["attention", "ffn", "custom"]
     module: str
     width: int
-    mode: Literal["output", "parallel"] = "output"
+    mode: Literal["output", "parallel", "post_ln"] = "output"
     input_module: str | None = None
 
 
@@ -161,12 +169,18 @@ def _block_targets(block: Block, root: nn.Module, model_type: str | None) -> dic
     if attn_groups:
         first = next(iter(attn_groups.values()))
         out["attention"] = Target(block.index, "attention", f"{block.path}.{first[-1]}", block.width)
+        norm = _norm_after(mod, first[-1])
+        if norm is not None:
+            out["attention_post_ln"] = Target(block.index, "attention", f"{block.path}.{norm}", block.width, "post_ln")
     if fused_sublayer is not None:
         out["ffn"] = Target(block.index, "ffn", f"{block.path}.{fused_sublayer}", block.width)
         out["parallel"] = Target(block.index, "ffn", f"{block.path}.{fused_sublayer}", block.width, "parallel")
     elif ffn_out:
         last = ffn_out[-1]
         out["ffn"] = Target(block.index, "ffn", f"{block.path}.{last}", block.width)
+        norm = _norm_after(mod, last, avoid=tuple(attn_groups))
+        if norm is not None:
+            out["ffn_post_ln"] = Target(block.index, "ffn", f"{block.path}.{norm}", block.width, "post_ln")
         first_in = ffn_in[0] if ffn_in else None
         if first_in is not None:
             common = _common_prefix(first_in, last)
@@ -179,6 +193,34 @@ def _block_targets(block: Block, root: nn.Module, model_type: str | None) -> dic
                     block.index, "ffn", f"{block.path}.{last}", block.width, "parallel", f"{block.path}.{first_in}"
                 )
     return out
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("LayerNorm")
+
+
+def _norm_after(block: nn.Module, linear: str, avoid: tuple[str, ...] = ()) -> str | None:
+    """The LayerNorm that closes the sublayer ending in ``linear`` (post-LN models: ``LN(x + h)``).
+
+    Walks up from the linear: at each level, the first norm registered after the branch holding the linear
+    (BERT's ``output.LayerNorm``, DistilBERT's ``sa_layer_norm``); at the linear's own parent, a norm registered
+    before it also counts (ALBERT's ``full_layer_layer_norm``). ``None`` for pre-LN models.
+    """
+    parts = linear.split(".")
+    for depth in range(len(parts) - 1, -1, -1):
+        parent_path = ".".join(parts[:depth])
+        parent = block.get_submodule(parent_path) if parent_path else block
+        names = list(parent._modules)
+        here = names.index(parts[depth])
+        for name in names[here + 1 :]:
+            if _is_norm(parent._modules[name]):
+                return f"{parent_path}.{name}" if parent_path else name
+        if depth == len(parts) - 1:
+            for name in names[:here]:
+                path = f"{parent_path}.{name}" if parent_path else name
+                if _is_norm(parent._modules[name]) and not any(path.startswith(a) for a in avoid):
+                    return path
+    return None
 
 
 def _common_prefix(a: str, b: str) -> str:
@@ -242,9 +284,22 @@ def find_targets(model: nn.Module, config: AdapterConfig) -> list[Target]:
             targets = [t for t in targets if t.layer in keep]
         return targets
 
+    if config.placement.endswith("_post_ln") and model_type not in POST_LN_MODEL_TYPES:
+        raise ValueError(
+            f"placement={config.placement!r} reproduces AdapterHub's post-LN layout and needs a post-LN model "
+            f"({', '.join(sorted(POST_LN_MODEL_TYPES))}); {type(model).__name__} has model_type {model_type!r}"
+        )
     blocks = find_blocks(model)
     keep = set(parse_layers(config.layers, len(blocks)))
-    wanted = {"attention": ["attention"], "ffn": ["ffn"], "both": ["attention", "ffn"], "parallel": ["parallel"]}
+    wanted = {
+        "attention": ["attention"],
+        "ffn": ["ffn"],
+        "both": ["attention", "ffn"],
+        "parallel": ["parallel"],
+        "attention_post_ln": ["attention_post_ln"],
+        "ffn_post_ln": ["ffn_post_ln"],
+        "both_post_ln": ["attention_post_ln", "ffn_post_ln"],
+    }
     targets = []
     missing: list[str] = []
     for block in blocks:

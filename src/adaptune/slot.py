@@ -8,6 +8,7 @@ active setup (a ``composition`` tree) to the host's output::
 
     output mode:    h  -> h + s·f(h)                (an adapter in a Stack: serial)
     parallel mode:  h  -> h + s·f(x)                (x = the FFN input)
+    post_ln mode:   LN(v) -> LN(v + s·f(LN(v)))      (host = the sublayer's closing LayerNorm, v = x + h)
 
 Hooks are bound methods of the slot, so ``copy.deepcopy`` of the model rebinds them to the copied slot.
 """
@@ -108,33 +109,49 @@ class AdapterSlot(nn.ModuleDict):
         x = self._host_input(args, kwargs) if self._needs_input() else None
         if self._skipped():
             return None
-        h = self.apply_setup(self.active, h, x)
+        if any(self[n].mode == "post_ln" for n in self.running()):
+            # The host is the sublayer's closing LayerNorm: work on its input v = x + h, re-normalise at the end.
+            # ``forward`` (not ``__call__``) so this hook does not run again.
+            norm = module.forward
+            h = norm(self.apply_setup(self.active, args[0], x, norm))
+        else:
+            h = self.apply_setup(self.active, h, x)
         return h if rest is None else (h, *rest)
 
     # ---- composition ---------------------------------------------------------------------------
-    def apply_setup(self, node: Any, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
-        """Apply a composition tree to ``h`` (x: the FFN input for parallel adapters)."""
+    def apply_setup(self, node: Any, h: torch.Tensor, x: torch.Tensor | None, norm: Any = None) -> torch.Tensor:
+        """Apply a composition tree to ``h`` (x: the FFN input for parallel adapters; norm: the host LayerNorm
+        for post-LN adapters, where ``h`` is the LayerNorm's input)."""
         if node is None:
             return h
         if isinstance(node, str):
             adapter = self._modules.get(node)
             if not isinstance(adapter, Bottleneck):
                 return h  # this adapter has no place here (e.g. other layers only)
-            return adapter(x, residual=h) if adapter.mode == "parallel" else adapter(h)
+            return adapter(self._adapter_input(adapter, h, x, norm), residual=h)
         if isinstance(node, Stack):
             for child in node.children:
-                h = self.apply_setup(child, h, x)
+                h = self.apply_setup(child, h, x, norm)
             return h
         if isinstance(node, Average):
-            outs = [(w, self.apply_setup(c, h, x)) for c, w in zip(node.children, node.weights, strict=True)]
+            outs = [(w, self.apply_setup(c, h, x, norm)) for c, w in zip(node.children, node.weights, strict=True)]
             return sum((w * o for w, o in outs), torch.zeros_like(h))
         if isinstance(node, Fuse):
-            return self._fuse(node, h, x)
+            return self._fuse(node, h, x, norm)
         if isinstance(node, PerExample):
-            return self._per_example(node, h, x)
+            return self._per_example(node, h, x, norm)
         raise TypeError(f"adaptune: unknown composition block {node!r}")
 
-    def _fuse(self, node: Fuse, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+    @staticmethod
+    def _adapter_input(adapter: Bottleneck, h: torch.Tensor, x: torch.Tensor | None, norm: Any) -> torch.Tensor:
+        if adapter.mode == "parallel":
+            assert x is not None
+            return x
+        if adapter.mode == "post_ln":
+            return norm(h)
+        return h
+
+    def _fuse(self, node: Fuse, h: torch.Tensor, x: torch.Tensor | None, norm: Any = None) -> torch.Tensor:
         present = [c for c in node.children if isinstance(self._modules.get(c), Bottleneck)]
         fusion = self._modules.get(node.name)
         if not present:
@@ -144,12 +161,15 @@ class AdapterSlot(nn.ModuleDict):
         deltas = []
         for name in present:
             adapter = self[name]
-            inp = x if adapter.mode == "parallel" else h
-            deltas.append(adapter(inp, residual=h, delta_only=True))
-        out, _ = fusion(h, torch.stack(deltas, dim=-2))  # (..., n, d) -> (..., d)
+            deltas.append(adapter(self._adapter_input(adapter, h, x, norm), residual=h, delta_only=True))
+        # The query is the adapters' input: h itself, or LN(h) where the adapters are post-LN.
+        query = norm(h) if any(self[n].mode == "post_ln" for n in present) else h
+        out, _ = fusion(query, torch.stack(deltas, dim=-2), residual=h)  # (..., n, d) -> (..., d)
         return out
 
-    def _per_example(self, node: PerExample, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+    def _per_example(
+        self, node: PerExample, h: torch.Tensor, x: torch.Tensor | None, norm: Any = None
+    ) -> torch.Tensor:
         if h.shape[0] != len(node.setups):
             raise ValueError(
                 f"adaptune: per-example setup has {len(node.setups)} entries but the hooked tensor has leading "
@@ -159,12 +179,12 @@ class AdapterSlot(nn.ModuleDict):
         for i, setup in enumerate(node.setups):
             groups.setdefault(setup, []).append(i)
         if len(groups) == 1:  # the whole batch shares one setup: no gather/scatter
-            return self.apply_setup(node.setups[0], h, x)
+            return self.apply_setup(node.setups[0], h, x, norm)
         out = h
         for setup, rows in groups.items():
             if setup is None:
                 continue
             idx = torch.tensor(rows, device=h.device)
             sub_x = x.index_select(0, idx) if x is not None else None
-            out = out.index_copy(0, idx, self.apply_setup(setup, h.index_select(0, idx), sub_x))
+            out = out.index_copy(0, idx, self.apply_setup(setup, h.index_select(0, idx), sub_x, norm))
         return out

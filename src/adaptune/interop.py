@@ -1,0 +1,314 @@
+"""Read adapters saved by AdapterHub's ``adapters`` library (which does not run on Transformers 5).
+
+Their bottleneck configs map onto adaptune placements (formulas in ``tests/fixtures/adapterhub/README.md``):
+
+| AdapterHub              | adaptune                                  | math (BERT family; v = x + h)   |
+|-------------------------|-------------------------------------------|----------------------------------|
+| ``seq_bn`` (pfeiffer)   | ``ffn_post_ln``                           | LN(v + f(LN(v)))                 |
+| ``double_seq_bn``       | ``both`` (output of each sublayer's dense)| LN(x + h + f(h))                 |
+| ``par_bn``              | ``parallel``, scaling 4                   | LN(x + h + 4 f(x))               |
+| ``scaled_par_bn``       | ``parallel`` with a learned scalar        |                                  |
+| Stack / Fuse            | ``Stack`` / ``Fuse``                      |                                  |
+
+Weights are read from ``adapter.safetensors`` or ``pytorch_adapter.bin`` (``torch.load(weights_only=True)``: never
+code). A setting adaptune cannot express raises ``ValueError`` naming the key and value.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import AdapterConfig
+from .model import adapter_modules, add_adapter, delete_adapter, set_active
+from .placement import find_blocks
+
+__all__ = [
+    "is_adapterhub_folder",
+    "load_adapterhub",
+    "load_adapterhub_head",
+    "load_adapterhub_setup",
+    "to_adaptune_config",
+]
+
+_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_new", "swish": "swish", "silu": "silu",
+                "tanh": "tanh", "linear": "identity", "identity": "identity"}  # fmt: skip
+# Settings that must have these values (their defaults) for the math above to hold.
+_FIXED = {
+    "original_ln_after": True,
+    "residual_before_ln": True,
+    "adapter_residual_before_ln": False,
+    "use_gating": False,
+    "phm_layer": False,
+    "inv_adapter": None,
+    "cross_adapter": False,
+    "stochastic_depth": 0.0,
+}
+
+
+def is_adapterhub_folder(folder: str | Path) -> bool:
+    """True for a folder written by AdapterHub's ``save_adapter`` (not by adaptune)."""
+    cfg = Path(folder) / "adapter_config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        meta = json.loads(cfg.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(meta, dict) and "format" not in meta and isinstance(meta.get("config"), dict)
+
+
+def to_adaptune_config(cfg: dict[str, Any], num_layers: int, source: str = "adapter_config.json") -> AdapterConfig:
+    """The AdapterConfig equivalent to an AdapterHub bottleneck config dict.
+
+    Raises:
+        ValueError: a key/value adaptune cannot express (named in the message).
+    """
+
+    def unsupported(key: str) -> ValueError:
+        return ValueError(f"{source}: AdapterHub setting {key}={cfg.get(key)!r} is not supported by adaptune")
+
+    if cfg.get("architecture", "bottleneck") not in (None, "bottleneck"):
+        raise unsupported("architecture")
+    for key, value in _FIXED.items():
+        if cfg.get(key, value) != value:
+            raise unsupported(key)
+    mh, out, parallel = bool(cfg.get("mh_adapter")), bool(cfg.get("output_adapter")), bool(cfg.get("is_parallel"))
+    if parallel:
+        if mh or not out:
+            raise unsupported("mh_adapter")
+        placement = "parallel"
+    elif cfg.get("original_ln_before"):
+        placement = {
+            (True, True): "both_post_ln",
+            (False, True): "ffn_post_ln",
+            (True, False): "attention_post_ln",
+        }.get((mh, out), "")
+    else:
+        placement = {(True, True): "both", (False, True): "ffn", (True, False): "attention"}.get((mh, out), "")
+    if not placement:
+        raise unsupported("output_adapter")
+    rf = cfg.get("reduction_factor", 16)
+    if not isinstance(rf, (int, float)):
+        raise unsupported("reduction_factor")
+    act = str(cfg.get("non_linearity", "relu")).lower()
+    if act not in _ACTIVATIONS:
+        raise unsupported("non_linearity")
+    scaling = cfg.get("scaling", 1.0)
+    if scaling not in ("learned",) and not isinstance(scaling, (int, float)):
+        raise unsupported("scaling")
+    leave_out = [int(i) for i in cfg.get("leave_out") or []]
+    layers = tuple(i for i in range(num_layers) if i not in leave_out) if leave_out else None
+    return AdapterConfig(
+        placement=placement,  # type: ignore[arg-type]
+        reduction_factor=rf,
+        bottleneck_size=None,
+        activation=_ACTIVATIONS[act],
+        dropout=float(cfg.get("dropout", 0.0) or 0.0),
+        scaling=1.0 if scaling == "learned" else float(scaling),
+        learn_scaling=scaling == "learned",
+        layer_norm_before=bool(cfg.get("ln_before")),
+        layer_norm_after=bool(cfg.get("ln_after")),
+        layers=layers,
+    )
+
+
+def _read_weights(folder: Path, stem: str) -> dict[str, torch.Tensor]:
+    st, pt = folder / f"{stem}.safetensors", folder / f"pytorch_{stem}.bin"
+    if stem == "model_adapter_fusion":
+        st, pt = folder / "adapter_fusion.safetensors", folder / "pytorch_model_adapter_fusion.bin"
+    if st.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(st))
+    if pt.is_file():
+        try:
+            data = torch.load(pt, map_location="cpu", weights_only=True)  # refuses anything but tensors/containers
+        except Exception as err:
+            raise ValueError(f"{pt}: not a plain tensor file, refused ({type(err).__name__}: {err})") from None
+        if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+            raise ValueError(f"{pt}: expected a dict of tensors")
+        return data
+    raise FileNotFoundError(f"{folder}: no {st.name} or {pt.name}")
+
+
+_PARAM = {"adapter_up.weight": "up.weight", "adapter_up.bias": "up.bias", "scaling": "scale",
+          "adapter_norm_after.weight": "norm_after.weight", "adapter_norm_after.bias": "norm_after.bias"}  # fmt: skip
+
+
+def _split_key(key: str) -> tuple[int, str, str, str] | None:
+    """(layer, location, adapter name, parameter) of an AdapterHub adapter key, or None."""
+    m = re.match(r"^(.*)\.adapters\.([^.]+)\.(.+)$", key)
+    if m is None:
+        return None
+    left, name, param = m.groups()
+    numbers = re.findall(r"\.(\d+)(?=\.|$)", "." + left)
+    if not numbers:
+        return None
+    location = "attention" if left.endswith("attention.output") or "attention_adapters" in left or left.endswith(
+        ".attention"
+    ) else "ffn"  # fmt: skip
+    return int(numbers[-1]), location, name, param
+
+
+def _param_name(param: str, ln_before: bool) -> str | None:
+    if param.startswith("adapter_down."):
+        index, rest = param.split(".")[1], param.split(".", 2)[2]
+        if ln_before:
+            return {"0": "norm_before", "1": "down"}.get(index, "?") + "." + rest
+        return "down." + rest if index == "0" else None
+    if param.startswith("adapter_norm_before."):
+        return None  # a second copy of adapter_down.0 (the LayerNorm) when ln_before is set
+    return _PARAM.get(param, "?")
+
+
+def load_adapterhub(model: nn.Module, folder: str | Path, name: str | None = None, *, activate: bool = True) -> str:
+    """Load an AdapterHub adapter folder into ``model``; returns the adapter's name in the model."""
+    src = Path(folder)
+    meta = json.loads((src / "adapter_config.json").read_text(encoding="utf-8"))
+    saved = meta.get("name", "adapter")
+    name = name or saved
+    blocks = find_blocks(model)
+    config = to_adaptune_config(meta["config"], len(blocks), str(src / "adapter_config.json"))
+    hidden = meta.get("hidden_size")
+    if hidden is not None and hidden not in {b.width for b in blocks}:
+        raise ValueError(f"{src}: adapter is for hidden size {hidden}, the model's blocks are {blocks[0].width} wide")
+    tensors = _read_weights(src, "adapter")
+    targets = add_adapter(model, name, config, activate=False)
+    try:
+        by_place = {(t.layer, t.location): f"{t.module}.adapters.{name}" for t in targets}
+        modules = adapter_modules(model, name)
+        expected = {f"{p}.{k}" for p, m in modules.items() for k in m.state_dict()}
+        state = {f"{p}.{k}": v for p, m in modules.items() for k, v in m.state_dict(keep_vars=True).items()}
+        filled: set[str] = set()
+        for key, value in tensors.items():
+            parts = _split_key(key)
+            if parts is None or parts[2] != saved:
+                continue
+            layer, location, _, param = parts
+            ours = _param_name(param, config.layer_norm_before)
+            if ours is None:
+                continue
+            if ours.startswith("?") or (layer, location) not in by_place:
+                raise ValueError(f"{src}: weight {key} has no place in adaptune's {config.placement} layout")
+            target = f"{by_place[(layer, location)]}.{ours}"
+            value = value.reshape(()) if ours == "scale" else value
+            if tuple(value.shape) != tuple(state[target].shape):
+                raise ValueError(f"{src}: {key} has shape {tuple(value.shape)}, expected {tuple(state[target].shape)}")
+            with torch.no_grad():
+                state[target].copy_(value.to(state[target].dtype))
+            filled.add(target)
+        missing = sorted(k for k in expected - filled if not k.endswith(".scale"))
+        if missing:
+            raise ValueError(f"{src}: no weights for {missing[:3]} (is this the adapter named {saved!r}?)")
+    except Exception:
+        delete_adapter(model, name)
+        raise
+    if activate:
+        set_active(model, name)
+    return name
+
+
+def _setup_from(node: Any, source: str) -> Any:
+    """An adaptune composition from AdapterHub's ``adapter_setup.json`` tree."""
+    from .composition import Fuse, Stack
+
+    kind = node.get("type") if isinstance(node, dict) else None
+    children = node.get("children", []) if isinstance(node, dict) else []
+    if kind == "single":
+        return children[0]
+    if kind == "Stack":
+        return Stack(*[_setup_from(c, source) for c in children])
+    if kind == "Fuse":
+        names = [_setup_from(c, source) for c in children]
+        return Fuse(*names, name="fusion_" + "_".join(names))
+    raise ValueError(
+        f"{source}: AdapterHub setup type {kind!r} is not supported (Stack, Fuse and single adapters are)"
+    )
+
+
+def load_adapterhub_setup(model: nn.Module, folder: str | Path, *, activate: bool = True) -> Any:
+    """Load a folder written by AdapterHub's ``save_adapter_setup`` (adapters, fusion layers) and activate it."""
+    from .composition import Fuse, adapter_names
+    from .fusion import add_fusion, fusion_modules
+
+    src = Path(folder)
+    cfg = src / "adapter_setup.json"
+    meta = json.loads(cfg.read_text(encoding="utf-8"))
+    setup = _setup_from(meta.get("adapter_setup"), str(cfg))
+    for name in adapter_names(setup):
+        load_adapterhub(model, src / name, name=name, activate=False)
+    fuses = [setup] if isinstance(setup, Fuse) else [c for c in getattr(setup, "children", ()) if isinstance(c, Fuse)]
+    for fuse in fuses:
+        fdir = src / ",".join(fuse.children)
+        fmeta = json.loads((fdir / "adapter_fusion_config.json").read_text(encoding="utf-8"))
+        fcfg = fmeta.get("config", {})
+        for key, ok in (("temperature", False), ("query_before_ln", False), ("residual_before", False),
+                        ("value_before_softmax", True), ("query", True), ("key", True)):  # fmt: skip
+            if fcfg.get(key, ok) != ok:
+                raise ValueError(
+                    f"{fdir / 'adapter_fusion_config.json'}: fusion setting {key}={fcfg.get(key)!r} is not supported"
+                )
+        add_fusion(model, list(fuse.children), fuse.name, static=not fcfg.get("value", True), activate=False)
+        tensors = _read_weights(fdir, "model_adapter_fusion")
+        layers = fusion_modules(model, fuse.name)
+        by_layer = {(_layer_of(p), "attention" if ".attention" in p else "ffn"): m for p, m in layers.items()}
+        for key, value in tensors.items():
+            m = re.match(r"^(.*)\.adapter_fusion_layer\.[^.]+\.(query|key|value)\.(weight|bias)$", key)
+            if m is None:
+                continue
+            left, proj, kind = m.groups()
+            place = (_layer_of(left), "attention" if left.endswith("attention.output") else "ffn")
+            if place not in by_layer:
+                raise ValueError(f"{fdir}: fusion weight {key} has no place in this model")
+            param = getattr(getattr(by_layer[place], proj), kind)
+            with torch.no_grad():
+                param.copy_(value.to(param.dtype))
+    if activate:
+        set_active(model, setup)
+    return setup
+
+
+def _layer_of(path: str) -> int:
+    numbers = re.findall(r"\.(\d+)(?=\.|$)", "." + path)
+    return int(numbers[-1]) if numbers else -1
+
+
+def load_adapterhub_head(model: nn.Module, folder: str | Path) -> None:
+    """Load an AdapterHub 2-layer tanh classification head into a ``*ForSequenceClassification`` model.
+
+    Their head computes ``W4·tanh(W1·h[:, 0] + b1) + b4``: BERT's pooler + classifier, or RoBERTa's
+    ``classifier.dense`` + ``classifier.out_proj``.
+    """
+    src = Path(folder)
+    meta = json.loads((src / "head_config.json").read_text(encoding="utf-8"))
+    cfg = meta.get("config", {})
+    if cfg.get("head_type") != "classification" or cfg.get("layers") != 2 or cfg.get("activation_function") != "tanh":
+        raise ValueError(f"{src / 'head_config.json'}: only 2-layer tanh classification heads are supported")
+    tensors = _read_weights(src, "model_head")
+    first = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if re.search(r"^heads\.[^.]+\.1\.", k)}
+    last = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if re.search(r"^heads\.[^.]+\.4\.", k)}
+    dense_path, out_path = None, None
+    names = dict(model.named_modules())
+    if "classifier.dense" in names and "classifier.out_proj" in names:
+        dense_path, out_path = "classifier.dense", "classifier.out_proj"
+    elif "classifier" in names:
+        dense_path = next((n for n in names if n.endswith("pooler.dense")), None)
+        out_path = "classifier"
+    if dense_path is None or out_path is None:
+        raise ValueError(f"{src}: {type(model).__name__} has no pooler/classifier pair to hold this head")
+    for path, weights in ((dense_path, first), (out_path, last)):
+        module = names[path]
+        for kind, value in weights.items():
+            param = getattr(module, kind)
+            if param.shape != value.shape:
+                raise ValueError(
+                    f"{src}: head {path}.{kind} has shape {tuple(value.shape)}, model {tuple(param.shape)}"
+                )
+            with torch.no_grad():
+                param.copy_(value.to(param.dtype))
