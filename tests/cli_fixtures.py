@@ -37,7 +37,7 @@ def vocabulary() -> list[str]:
     return POSITIVE + NEGATIVE + FILLER + digits + ["question", "answer", "plus", "equals", "?", ".", ":"]
 
 
-def make_model_dir(root: Path, kind: str) -> Path:
+def make_model_dir(root: Path, kind: str, dropout: bool = True) -> Path:
     """A saved tiny ``bert`` (encoder) or ``llama`` (decoder) folder with its tokenizer."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
@@ -45,7 +45,8 @@ def make_model_dir(root: Path, kind: str) -> Path:
     size = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     torch.manual_seed(0)
     if kind == "bert":
-        cfg = AutoConfig.for_model("bert", vocab_size=len(tok), max_position_embeddings=64, **size)
+        off = {} if dropout else {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+        cfg = AutoConfig.for_model("bert", vocab_size=len(tok), max_position_embeddings=64, **size, **off)
         model = AutoModel.from_config(cfg)
     else:
         cfg = AutoConfig.for_model(
@@ -53,7 +54,7 @@ def make_model_dir(root: Path, kind: str) -> Path:
             eos_token_id=tok.eos_token_id, bos_token_id=tok.cls_token_id, tie_word_embeddings=False, **size,
         )  # fmt: skip
         model = AutoModelForCausalLM.from_config(cfg)
-    out = root / kind
+    out = root / (kind if dropout else f"{kind}-nodrop")
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out

@@ -20,16 +20,48 @@ __all__ = ["adapter_config_from_args", "build_parser", "main"]
 TASK_FILE = "task.json"  # written beside a saved adapter: task, labels, model, max_length
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
+    return value
+
+
 def _add_adapter_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("adapter")
     g.add_argument("--preset", choices=("pfeiffer", "houlsby", "parallel"), default="pfeiffer")
     g.add_argument("--placement", choices=PLACEMENTS, help="override the preset's placement")
     g.add_argument("--layers", help="all | 0,2,4 | 2-5 | last:K | top-half | bottom-half")
-    g.add_argument("--reduction-factor", type=float, default=16.0)
-    g.add_argument("--bottleneck-size", type=int, help="explicit bottleneck size (overrides --reduction-factor)")
+    g.add_argument("--reduction-factor", type=_positive_float, default=16.0)
+    g.add_argument(
+        "--bottleneck-size", type=_positive_int, help="explicit bottleneck size (overrides --reduction-factor)"
+    )
     g.add_argument("--activation", choices=ACTIVATIONS, help="override the preset's activation")
     g.add_argument("--scaling", type=float, help="override the preset's scaling")
-    g.add_argument("--adapter-dropout", type=float, default=0.0)
+    g.add_argument("--adapter-dropout", type=_probability, default=0.0)
     g.add_argument("--target-modules", nargs="+", help="explicit module names / .suffixes / regexes")
 
 
@@ -65,18 +97,18 @@ def _add_run_options(t: argparse.ArgumentParser) -> None:
         help="extra modules trained and saved with the head (e.g. bert.pooler)",
     )
     g = t.add_argument_group("training")
-    g.add_argument("--epochs", type=float, default=1.0)
-    g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
-    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--epochs", type=_positive_float, default=1.0)
+    g.add_argument("--max-steps", type=_positive_int, help="stop after this many optimizer steps (overrides --epochs)")
+    g.add_argument("--lr", type=_positive_float, default=1e-3)
     g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--batch-size", type=int, default=16)
-    g.add_argument("--grad-accum", type=int, default=1)
-    g.add_argument("--max-length", type=int, default=128)
+    g.add_argument("--batch-size", type=_positive_int, default=16)
+    g.add_argument("--grad-accum", type=_positive_int, default=1)
+    g.add_argument("--max-length", type=_positive_int, default=128)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--eval-every", type=int, help="validate every N steps")
     g.add_argument("--eval-limit", type=int, default=500, help="validation examples per pass")
-    g.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
-    g.add_argument("--log-every", type=int, default=10)
+    g.add_argument("--save-every", type=_positive_int, default=100, help="checkpoint every N steps")
+    g.add_argument("--log-every", type=_positive_int, default=10)
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     g.add_argument("--exec-tests", action="store_true", help="code data: run generated code for pass@1")
 
@@ -212,18 +244,20 @@ def _examples(a: argparse.Namespace, task: str) -> list[Any]:
     return examples
 
 
-def cmd_train(a: argparse.Namespace) -> int:
-    from .train import RunConfig, run_training
+def _run_config(a: argparse.Namespace, **what: Any) -> Any:
+    """The RunConfig of ``train`` / ``fuse`` options, plus ``what`` to train (adapter, fusion...)."""
+    from .train import RunConfig
 
-    cfg = RunConfig(
-        task=a.task, model=a.model, data=a.data, out=a.out, name=a.name, train_modules=tuple(a.train_modules),
-        adapter=None if a.full_finetune else adapter_config_from_args(a),
-        text_column=a.text_column, label_column=a.label_column, target_column=a.target_column,
-        epochs=a.epochs, max_steps=a.max_steps, lr=a.lr, weight_decay=a.weight_decay, batch_size=a.batch_size,
-        grad_accum=a.grad_accum, max_length=a.max_length, seed=a.seed, limit=a.limit, eval_every=a.eval_every,
-        eval_limit=a.eval_limit, save_every=a.save_every, log_every=a.log_every, resume=a.resume,
-        exec_tests=a.exec_tests,
-    )  # fmt: skip
+    shared = ("task", "model", "data", "out", "text_column", "label_column", "target_column", "epochs", "max_steps",
+              "lr", "weight_decay", "batch_size", "grad_accum", "max_length", "seed", "limit", "eval_every",
+              "eval_limit", "save_every", "log_every", "resume", "exec_tests")  # fmt: skip
+    return RunConfig(**{k: getattr(a, k) for k in shared}, train_modules=tuple(a.train_modules), **what)
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .train import run_training
+
+    cfg = _run_config(a, name=a.name, adapter=None if a.full_finetune else adapter_config_from_args(a))
     result = run_training(cfg)
     print(json.dumps({k: v for k, v in result.metrics.items() if k.startswith("test_")}))
     print(f"adapter: {Path(a.out) / ('model' if a.full_finetune else 'adapter')}  report: {Path(a.out) / 'report'}")
@@ -283,18 +317,11 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_fuse(a: argparse.Namespace) -> int:
-    from .train import RunConfig, run_training
+    from .train import run_training
 
     if len(a.adapters) < 2:
         raise ValueError("fuse: give at least two --adapters folders")
-    cfg = RunConfig(
-        task=a.task, model=a.model, data=a.data, out=a.out, adapter=None, fuse_from=tuple(a.adapters),
-        fusion_reg=a.fusion_reg, train_modules=tuple(a.train_modules),
-        text_column=a.text_column, label_column=a.label_column, target_column=a.target_column,
-        epochs=a.epochs, max_steps=a.max_steps, lr=a.lr, weight_decay=a.weight_decay, batch_size=a.batch_size,
-        grad_accum=a.grad_accum, max_length=a.max_length, seed=a.seed, limit=a.limit, eval_every=a.eval_every,
-        eval_limit=a.eval_limit, save_every=a.save_every, log_every=a.log_every, resume=a.resume,
-    )  # fmt: skip
+    cfg = _run_config(a, adapter=None, fuse_from=tuple(a.adapters), fusion_reg=a.fusion_reg)
     result = run_training(cfg)
     print(json.dumps({k: v for k, v in result.metrics.items() if k.startswith("test_")}))
     print(f"fusion: {Path(a.out) / 'fusion'}  report: {Path(a.out) / 'report'}")

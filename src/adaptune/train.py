@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 import resource
@@ -26,6 +27,8 @@ from .assets import resolve_model
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import AdapterConfig
 from .data import Dataset, load_dataset
+from .distributed import setup as setup_distributed
+from .distributed import wrap
 from .evaluate import evaluate
 from .io import load_adapter, save_adapter
 from .model import DEFAULT_HEADS, add_adapter, head_modules, train_adapter, trainable_summary
@@ -89,7 +92,8 @@ def _peak_rss_mb() -> float:
 
 
 def _log(msg: str) -> None:
-    print(f"adaptune: {msg}", file=sys.stderr, flush=True)
+    if os.environ.get("RANK", "0") == "0":  # one log per job, not one per process
+        print(f"adaptune: {msg}", file=sys.stderr, flush=True)
 
 
 def _encode(cfg: RunConfig, data: Dataset, tok: Any, chunk: list[Any]) -> dict[str, torch.Tensor]:
@@ -115,7 +119,8 @@ def run_training(cfg: RunConfig) -> RunResult:
     _log(data.summary())
     model_dir = resolve_model(cfg.model)
     model, tok = load_model(cfg.task, model_dir, data.labels)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    job = setup_distributed()
+    device = job.device
     model.to(device)
     missing = [m for m in cfg.train_modules if m not in head_modules(model, cfg.train_modules)]
     if missing:
@@ -142,6 +147,11 @@ def run_training(cfg: RunConfig) -> RunResult:
     train = data.train
     per_step = cfg.batch_size * cfg.grad_accum
     batches_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    if job.world > 1:
+        if cfg.batch_size % job.world:
+            raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {job.world} processes")
+        batches_per_epoch = max(1, len(train) // cfg.batch_size)  # full global batches only: equal shards
+    runner = wrap(model, job)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train) / per_step))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -168,7 +178,7 @@ def run_training(cfg: RunConfig) -> RunResult:
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng or rng_state(),
             "step": step, "epoch": epoch, "cursor": cursor, "history": history,
         }  # fmt: skip
-        return save_checkpoint(out, step, model, state)
+        return save_checkpoint(out, step, model, state) if job.main else out
 
     def order(e: int) -> list[int]:
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + e)
@@ -176,7 +186,7 @@ def run_training(cfg: RunConfig) -> RunResult:
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, initial=step, desc="train", disable=None, unit="step")
+    bar = tqdm(total=total, initial=step, desc="train", disable=None if job.main else True, unit="step")
     step_times: list[float] = []
     perm = order(epoch)
     model.train()
@@ -190,12 +200,13 @@ def run_training(cfg: RunConfig) -> RunResult:
                 if cursor >= batches_per_epoch:
                     epoch, cursor = epoch + 1, 0
                     perm = order(epoch)
-                idx = perm[cursor * cfg.batch_size : (cursor + 1) * cfg.batch_size]
+                idx = perm[cursor * cfg.batch_size : (cursor + 1) * cfg.batch_size][job.rank :: job.world]
                 cursor += 1
                 batch = {k: v.to(device) for k, v in _encode(cfg, data, tok, [train[i] for i in idx]).items()}
-                loss = model(**batch).loss / cfg.grad_accum
+                loss = runner(**batch).loss / cfg.grad_accum
                 loss.backward()
                 loss_sum += loss.item()
+            loss_sum = job.mean(loss_sum)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
@@ -208,7 +219,7 @@ def run_training(cfg: RunConfig) -> RunResult:
             if step % cfg.log_every == 0 or step == total:
                 _log(f"step {step}/{total} loss {loss_sum:.4f} lr {sched.get_last_lr()[0]:.2e} "
                      f"{statistics.median(step_times[-cfg.log_every:]):.2f} s/step")  # fmt: skip
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < total and job.main:
                 history[-1] |= _validate(cfg, data, model, tok)
                 model.train()
             if step % cfg.save_every == 0 and step < total:
@@ -222,6 +233,10 @@ def run_training(cfg: RunConfig) -> RunResult:
         raise
     bar.close()
     checkpoint()
+    if not job.main:  # rank 0 evaluates and writes; the others are done
+        job.barrier()
+        job.close()
+        return RunResult({}, history, out)
 
     history[-1] |= _validate(cfg, data, model, tok)
     _log("evaluating on the test split")
@@ -249,6 +264,8 @@ def run_training(cfg: RunConfig) -> RunResult:
         config=cfg.to_dict(), metrics=metrics, history=history,
     )  # fmt: skip
     _log(f"report: {report}")
+    job.barrier()
+    job.close()
     return RunResult(metrics, history, out)
 
 
@@ -269,7 +286,8 @@ def unique_name(model: torch.nn.Module, folder: str) -> str:
     from .model import list_adapters
 
     try:
-        saved = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8")).get("name")
+        meta = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8"))
+        saved = meta.get("name") if isinstance(meta, dict) else None
     except (OSError, ValueError):
         saved = None  # load_adapter reports the real problem
     taken = set(list_adapters(model))
