@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import adaptune
@@ -276,3 +278,13 @@ def test_swapping_the_language_adapter_under_a_task_adapter() -> None:
     assert not torch.equal(en, zh)
     adaptune.set_active(model, Stack("lang_en", "task"))
     assert torch.equal(logits(model, ids), en)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="SFAtackuseverg(),: ab1", max_size=30))
+def test_parse_accepts_or_raises_value_error(text: str) -> None:
+    try:
+        node = parse(text)
+    except ValueError:
+        return
+    assert from_dict(to_dict(node)) == node

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adaptune import AdapterConfig, parse_layers
 
@@ -81,3 +83,36 @@ def test_parse_layers(spec: object, expected: list[int]) -> None:
 def test_parse_layers_out_of_range() -> None:
     with pytest.raises(ValueError, match="out of range"):
         parse_layers((7,), 6)
+
+
+# ---- property-based: config parsing never fails with anything but a clear ValueError
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 50), st.floats(allow_nan=True), st.text(max_size=8),
+                    st.lists(st.integers(-3, 8), max_size=4))  # fmt: skip
+_KEYS = st.sampled_from([*AdapterConfig().to_dict(), "unknown_key"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_KEYS, _VALUES, max_size=6))
+def test_from_dict_accepts_or_raises_value_error(data: dict) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            cfg = AdapterConfig.from_dict(data, source="fuzz.json")
+        except ValueError as err:
+            assert str(err).startswith("fuzz.json: ")
+            return
+    assert AdapterConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.none(), st.text(max_size=12), st.lists(st.integers(-10, 10), max_size=5)), st.integers(1, 12))
+def test_parse_layers_in_range_or_value_error(spec: object, n: int) -> None:
+    try:
+        layers = parse_layers(spec, n)
+    except (ValueError, TypeError) as err:
+        assert isinstance(err, ValueError) or spec is not None
+        return
+    assert layers == sorted(set(layers)) and all(0 <= i < n for i in layers)
