@@ -28,7 +28,8 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/adaptune train --model minilm --data rotten_tomatoes --out $(DEMO_OUT) \
-		--preset pfeiffer --max-steps 200 --batch-size 32 --max-length 64 --lr 3e-3 --log-every 20
+		--preset pfeiffer --train-modules bert.pooler --max-steps 150 --batch-size 32 --max-length 64 --lr 3e-3 \
+		--log-every 25 --save-every 50
 	HF_HUB_OFFLINE=1 $(BIN)/adaptune eval --adapter $(DEMO_OUT)/adapter --data rotten_tomatoes --split test
 	@echo "report: $(DEMO_OUT)/report/report.md"
 
