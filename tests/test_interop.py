@@ -106,3 +106,31 @@ def test_load_adapter_reads_adapterhub_folders() -> None:
         out = model(**inputs).last_hidden_state
     mask = inputs["attention_mask"].bool()
     assert (out - expected["last_hidden_state"])[mask].abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["bert_seq_bn", "bert_double_seq_bn", "bert_par_bn", "bert_seq_bn_ln_before",
+                                  "bert_scaled_par_bn", "roberta_seq_bn"])  # fmt: skip
+def test_export_to_adapterhub_and_back(name: str, tmp_path) -> None:
+    """save_adapter(format="adapterhub") writes what load_adapter reads back to the same outputs. (The real
+    `adapters` 1.3.0 reproduces the fixtures from these exports too: scripts/adapterhub_roundtrip.py.)"""
+    import adaptune
+
+    case, inputs, _ = load_case(name)
+    model = build_base(case, name)
+    load_adapterhub(model, ROOT / name / case["layout"]["adapter_dir"])
+    folder = adaptune.save_adapter(model, "a", tmp_path / "hub", format="adapterhub")
+    assert is_adapterhub_folder(folder)
+    fresh = build_base(case, name)
+    adaptune.load_adapter(fresh, folder)
+    with torch.no_grad():
+        assert torch.equal(fresh(**inputs).last_hidden_state, model(**inputs).last_hidden_state)
+
+
+def test_export_refuses_what_adapterhub_cannot_express(tmp_path) -> None:
+    import adaptune
+
+    case, _, _ = load_case("bert_seq_bn")
+    model = build_base(case, "bert_seq_bn")
+    adaptune.add_adapter(model, "g", adaptune.AdapterConfig(placement="ffn", gate=True))
+    with pytest.raises(ValueError, match="gate"):
+        adaptune.save_adapter(model, "g", tmp_path / "x", format="adapterhub")

@@ -79,7 +79,12 @@ def _atomic_dir_write(out_dir: Path, files: dict[str, Any]) -> None:
 
 
 def save_adapter(
-    model: nn.Module, name: str, out_dir: str | os.PathLike[str], *, heads: tuple[str, ...] | None = DEFAULT_HEADS
+    model: nn.Module,
+    name: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    heads: tuple[str, ...] | None = DEFAULT_HEADS,
+    format: str = "adaptune",
 ) -> Path:
     """Save adapter ``name`` (and the task head, if present) to ``out_dir``.
 
@@ -88,10 +93,17 @@ def save_adapter(
         name: the adapter to save.
         out_dir: target folder (created; replaced atomically if it exists).
         heads: head module paths to save alongside (``None`` or ``()``: no head).
+        format: ``"adaptune"`` or ``"adapterhub"`` (AdapterHub's layout, for the placements it has; no head).
 
     Returns:
         The folder path.
     """
+    if format == "adapterhub":
+        from .interop import save_adapterhub
+
+        return save_adapterhub(model, name, out_dir)
+    if format != "adaptune":
+        raise ValueError(f"save_adapter format={format!r}: expected 'adaptune' or 'adapterhub'")
     out = Path(out_dir)
     modules = adapter_modules(model, name)
     tensors = {
