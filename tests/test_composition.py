@@ -288,3 +288,21 @@ def test_parse_accepts_or_raises_value_error(text: str) -> None:
     except ValueError:
         return
     assert from_dict(to_dict(node)) == node
+
+
+def test_corrupt_fusion_weights_are_refused_and_nothing_is_left(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_bert_classifier()
+    for n in "ab":
+        adaptune.add_adapter(model, n)
+    fuse = adaptune.add_fusion(model, ["a", "b"])
+    folder = adaptune.save_fusion(model, fuse, tmp_path / "fusion")
+    tensors = load_file(folder / "fusion.safetensors")
+    key = sorted(tensors)[0]
+    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    save_file(tensors, str(folder / "fusion.safetensors"))
+    fresh = tiny_bert_classifier()
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        adaptune.load_fusion(fresh, folder)
+    assert adaptune.list_fusions(fresh) == []

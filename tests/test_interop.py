@@ -134,3 +134,23 @@ def test_export_refuses_what_adapterhub_cannot_express(tmp_path) -> None:
     adaptune.add_adapter(model, "g", adaptune.AdapterConfig(placement="ffn", gate=True))
     with pytest.raises(ValueError, match="gate"):
         adaptune.save_adapter(model, "g", tmp_path / "x", format="adapterhub")
+
+
+def test_non_finite_adapterhub_weights_are_refused(tmp_path) -> None:
+    import shutil
+
+    folder = tmp_path / "nan"
+    shutil.copytree(ROOT / "roberta_seq_bn" / "adapter", folder)
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "adapter.safetensors")
+    key = sorted(k for k in tensors if k.endswith("adapter_up.weight"))[0]
+    tensors[key] = torch.full_like(tensors[key], float("inf"))
+    save_file(tensors, str(folder / "adapter.safetensors"))
+    case, _, _ = load_case("roberta_seq_bn")
+    model = build_base(case, "roberta_seq_bn")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        load_adapterhub(model, folder)
+    import adaptune
+
+    assert adaptune.list_adapters(model) == []

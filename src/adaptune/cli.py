@@ -254,14 +254,19 @@ def _run_config(a: argparse.Namespace, **what: Any) -> Any:
     return RunConfig(**{k: getattr(a, k) for k in shared}, train_modules=tuple(a.train_modules), **what)
 
 
-def cmd_train(a: argparse.Namespace) -> int:
+def _train_and_report(cfg: Any, saved: str) -> int:
+    """Run a training, print its test metrics and where the result (``OUT/<saved>``) and report are."""
     from .train import run_training
 
-    cfg = _run_config(a, name=a.name, adapter=None if a.full_finetune else adapter_config_from_args(a))
     result = run_training(cfg)
     print(json.dumps({k: v for k, v in result.metrics.items() if k.startswith("test_")}))
-    print(f"adapter: {Path(a.out) / ('model' if a.full_finetune else 'adapter')}  report: {Path(a.out) / 'report'}")
+    print(f"{saved}: {Path(cfg.out) / saved}  report: {Path(cfg.out) / 'report'}")
     return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    cfg = _run_config(a, name=a.name, adapter=None if a.full_finetune else adapter_config_from_args(a))
+    return _train_and_report(cfg, "model" if a.full_finetune else "adapter")
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -317,15 +322,10 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_fuse(a: argparse.Namespace) -> int:
-    from .train import run_training
-
     if len(a.adapters) < 2:
         raise ValueError("fuse: give at least two --adapters folders")
     cfg = _run_config(a, adapter=None, fuse_from=tuple(a.adapters), fusion_reg=a.fusion_reg)
-    result = run_training(cfg)
-    print(json.dumps({k: v for k, v in result.metrics.items() if k.startswith("test_")}))
-    print(f"fusion: {Path(a.out) / 'fusion'}  report: {Path(a.out) / 'report'}")
-    return 0
+    return _train_and_report(cfg, "fusion")
 
 
 def cmd_explain(a: argparse.Namespace) -> int:

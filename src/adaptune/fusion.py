@@ -21,7 +21,16 @@ from torch import nn
 
 from . import __version__
 from .composition import Fuse
-from .io import _atomic_dir_write, _copy_head, _read_tensors, fingerprint, load_adapter, save_adapter
+from .io import (
+    _atomic_dir_write,
+    _copy_head,
+    _copy_tensor,
+    _read_tensors,
+    fingerprint,
+    load_adapter,
+    module_tensors,
+    save_adapter,
+)
 from .model import (
     DEFAULT_HEADS,
     ParamSummary,
@@ -176,12 +185,8 @@ def save_fusion(
     out = Path(out_dir)
     layers = fusion_modules(model, fuse.name)
     first = next(iter(layers.values()))
-    tensors = {f"{p}.{k}": v.detach().contiguous().cpu() for p, m in layers.items() for k, v in m.state_dict().items()}
-    head_tensors = {
-        f"{p}.{k}": v.detach().contiguous().cpu()
-        for p, h in head_modules(model, heads or ()).items()
-        for k, v in h.state_dict().items()
-    }
+    tensors = module_tensors(layers)
+    head_tensors = module_tensors(head_modules(model, heads or ()))
     meta = {
         "format": "adaptune.fusion/1",
         "adaptune_version": __version__,
@@ -229,17 +234,15 @@ def load_fusion(model: nn.Module, folder: str | os.PathLike[str], *, activate: b
     state = {
         f"{p}.{k}": v for p, m in fusion_modules(model, name).items() for k, v in m.state_dict(keep_vars=True).items()
     }
-    if set(state) != set(tensors):
-        delete_fusion(model, name)
-        raise ValueError(f"{src / FUSION_WEIGHTS}: keys do not match the fusion's layers in this model")
-    with torch.no_grad():
-        for key, value in tensors.items():
-            if value.shape != state[key].shape:
-                delete_fusion(model, name)
-                raise ValueError(
-                    f"{src / FUSION_WEIGHTS}: {key} has shape {tuple(value.shape)}, expected {tuple(state[key].shape)}"
-                )
-            state[key].copy_(value.to(state[key].dtype))
+    try:
+        if set(state) != set(tensors):
+            raise ValueError(f"{src / FUSION_WEIGHTS}: keys do not match the fusion's layers in this model")
+        with torch.no_grad():
+            for key, value in tensors.items():
+                _copy_tensor(state[key], value, key, src / FUSION_WEIGHTS)
+    except Exception:
+        delete_fusion(model, name)  # never leave a half-loaded fusion behind
+        raise
     if (src / "head.safetensors").is_file():
         _copy_head(model, _read_tensors(src / "head.safetensors"), src / "head.safetensors")
     if activate:

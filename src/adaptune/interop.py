@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .config import AdapterConfig
+from .io import _copy_tensor
 from .model import adapter_modules, add_adapter, delete_adapter, set_active
 from .placement import find_blocks
 
@@ -148,13 +149,14 @@ def _split_key(key: str) -> tuple[int, str, str, str] | None:
     if m is None:
         return None
     left, name, param = m.groups()
-    numbers = re.findall(r"\.(\d+)(?=\.|$)", "." + left)
-    if not numbers:
-        return None
-    location = "attention" if left.endswith("attention.output") or "attention_adapters" in left or left.endswith(
-        ".attention"
-    ) else "ffn"  # fmt: skip
-    return int(numbers[-1]), location, name, param
+    layer = _layer_of(left)
+    return None if layer < 0 else (layer, _hub_location(left), name, param)
+
+
+def _hub_location(left: str) -> str:
+    """``attention`` or ``ffn`` for the module path AdapterHub keeps adapters / fusion layers on."""
+    attention = left.endswith(("attention.output", ".attention")) or "attention_adapters" in left
+    return "attention" if attention else "ffn"
 
 
 def _param_name(param: str, ln_before: bool) -> str | None:
@@ -184,7 +186,6 @@ def load_adapterhub(model: nn.Module, folder: str | Path, name: str | None = Non
     try:
         by_place = {(t.layer, t.location): f"{t.module}.adapters.{name}" for t in targets}
         modules = adapter_modules(model, name)
-        expected = {f"{p}.{k}" for p, m in modules.items() for k in m.state_dict()}
         state = {f"{p}.{k}": v for p, m in modules.items() for k, v in m.state_dict(keep_vars=True).items()}
         filled: set[str] = set()
         for key, value in tensors.items():
@@ -199,12 +200,10 @@ def load_adapterhub(model: nn.Module, folder: str | Path, name: str | None = Non
                 raise ValueError(f"{src}: weight {key} has no place in adaptune's {config.placement} layout")
             target = f"{by_place[(layer, location)]}.{ours}"
             value = value.reshape(()) if ours == "scale" else value
-            if tuple(value.shape) != tuple(state[target].shape):
-                raise ValueError(f"{src}: {key} has shape {tuple(value.shape)}, expected {tuple(state[target].shape)}")
             with torch.no_grad():
-                state[target].copy_(value.to(state[target].dtype))
+                _copy_tensor(state[target], value, key, src)
             filled.add(target)
-        missing = sorted(k for k in expected - filled if not k.endswith(".scale"))
+        missing = sorted(k for k in set(state) - filled if not k.endswith(".scale"))
         if missing:
             raise ValueError(f"{src}: no weights for {missing[:3]} (is this the adapter named {saved!r}?)")
     except Exception:
@@ -264,7 +263,7 @@ def load_adapterhub_setup(model: nn.Module, folder: str | Path, *, activate: boo
             if m is None:
                 continue
             left, proj, kind = m.groups()
-            place = (_layer_of(left), "attention" if left.endswith("attention.output") else "ffn")
+            place = (_layer_of(left), _hub_location(left))
             if place not in by_layer:
                 raise ValueError(f"{fdir}: fusion weight {key} has no place in this model")
             param = getattr(getattr(by_layer[place], proj), kind)

@@ -78,6 +78,11 @@ def _atomic_dir_write(out_dir: Path, files: dict[str, Any]) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def module_tensors(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """``<path>.<key>`` -> a contiguous CPU copy of each module's state, ready for ``save_file``."""
+    return {f"{p}.{k}": v.detach().contiguous().cpu() for p, m in modules.items() for k, v in m.state_dict().items()}
+
+
 def save_adapter(
     model: nn.Module,
     name: str,
@@ -105,14 +110,10 @@ def save_adapter(
     if format != "adaptune":
         raise ValueError(f"save_adapter format={format!r}: expected 'adaptune' or 'adapterhub'")
     out = Path(out_dir)
-    modules = adapter_modules(model, name)
-    tensors = {
-        f"{path}.{k}": v.detach().contiguous().cpu() for path, m in modules.items() for k, v in m.state_dict().items()
-    }
-    head_tensors: dict[str, torch.Tensor] = {}
-    head_names = list(head_modules(model, heads or ()))
-    for path, head in head_modules(model, heads or ()).items():
-        head_tensors.update({f"{path}.{k}": v.detach().contiguous().cpu() for k, v in head.state_dict().items()})
+    tensors = module_tensors(adapter_modules(model, name))
+    found_heads = head_modules(model, heads or ())
+    head_tensors = module_tensors(found_heads)
+    head_names = list(found_heads)
     meta = {
         "format": FORMAT,
         "adaptune_version": __version__,

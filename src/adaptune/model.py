@@ -108,7 +108,7 @@ def add_adapter(
     config = config or AdapterConfig.pfeiffer()
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"adapter name {name!r}: expected a Python identifier ([A-Za-z_][A-Za-z0-9_]*)")
-    if name in list_adapters(model) or any(name in s for s in _slots(model).values()):
+    if any(name in s for s in _slots(model).values()):  # adapters and fusion layers share a slot's names
         raise ValueError(f"an adapter or fusion named {name!r} already exists; delete it first or pick another name")
     targets = find_targets(model, config)
     current = active_setup(model)  # new slots join the model-wide active setup

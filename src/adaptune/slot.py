@@ -72,11 +72,12 @@ class AdapterSlot(nn.ModuleDict):
         """Names of the active adapters present in this slot."""
         return [n for n in adapter_names(self.active) if isinstance(self._modules.get(n), Bottleneck)]
 
-    def _needs_input(self) -> bool:
-        return any(self[n].mode == "parallel" for n in self.running())
+    def _modes(self) -> set[str]:
+        """Modes of the active adapters here (empty: nothing runs in this slot)."""
+        return {self[n].mode for n in self.running()}
 
     def _capture_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        if self.active is not None and self._needs_input():
+        if self.active is not None and "parallel" in self._modes():
             self._pending_input = args[0]
 
     def _host_input(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
@@ -98,7 +99,8 @@ class AdapterSlot(nn.ModuleDict):
         return self.training and self.drop_prob > 0 and bool(torch.rand(()) < self.drop_prob)
 
     def _after_host(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
-        if self.active is None or not self.running():
+        modes = self._modes() if self.active is not None else set()
+        if not modes:
             return None
         if isinstance(output, torch.Tensor):
             h, rest = output, None
@@ -106,10 +108,10 @@ class AdapterSlot(nn.ModuleDict):
             h, rest = output[0], output[1:]  # keep tuple outputs (hidden, router_logits, ...) intact
         else:
             raise TypeError(f"adaptune: cannot adapt an output of type {type(output).__name__}")
-        x = self._host_input(args, kwargs) if self._needs_input() else None
+        x = self._host_input(args, kwargs) if "parallel" in modes else None
         if self._skipped():
             return None
-        if any(self[n].mode == "post_ln" for n in self.running()):
+        if "post_ln" in modes:
             # The host is the sublayer's closing LayerNorm: work on its input v = x + h, re-normalise at the end.
             # ``forward`` (not ``__call__``) so this hook does not run again.
             norm = module.forward
