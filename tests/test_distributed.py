@@ -1,9 +1,10 @@
-"""Data-parallel training (torchrun, 2 CPU processes on gloo) gives the adapter a single process gives."""
+"""Distributed training (torchrun, 2 CPU processes on gloo; DDP and FSDP2) gives the adapter one process gives."""
 
 from __future__ import annotations
 
 import csv
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -37,29 +38,80 @@ def split_csv(path: Path) -> Path:
     return path
 
 
-@pytest.mark.slow
-def test_ddp_two_processes_equal_one(tmp_path: Path) -> None:
-    model = make_model_dir(tmp_path, "bert", dropout=False)
-    data = split_csv(tmp_path / "data.csv")
-    args = ["train", "--model", str(model), "--data", str(data), "--batch-size", "8", "--max-steps", "5",
-            "--lr", "1e-2", "--max-length", "16", "--preset", "houlsby", "--save-every", "2"]  # fmt: skip
-    assert main([*args, "--out", str(tmp_path / "single")]) == 0
-
+def torchrun(args: list[str], out: Path, launcher: str = "torchrun") -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc_per_node 2 adaptune <args> --out <out>`` on CPU (gloo), or the same through
+    ``accelerate launch`` (whose ``--multi_gpu`` mode is torchrun underneath; with no GPU we pick gloo)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "-m", "adaptune.cli", *args, "--out", str(tmp_path / "ddp")]  # fmt: skip
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    if launcher == "accelerate":
+        start = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                 "--main_process_port", str(free_port())]  # fmt: skip
+    else:
+        start = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+        ]
+    cmd = [*start, "-m", "adaptune.cli", *args, "--out", str(out)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def assert_same_files(a: Path, b: Path) -> None:
+    for name in ("adapter.safetensors", "head.safetensors"):
+        x, y = load_file(a / name), load_file(b / name)
+        assert x.keys() == y.keys(), name
+        for key in x:
+            torch.testing.assert_close(y[key], x[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def train_args(model: Path, data: Path, steps: int) -> list[str]:
+    return ["train", "--model", str(model), "--data", str(data), "--batch-size", "8", "--max-steps", str(steps),
+            "--lr", "1e-2", "--max-length", "16", "--preset", "houlsby", "--save-every", "2"]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("launcher", "strategy"), [("torchrun", "ddp"), ("torchrun", "fsdp"), ("accelerate", "fsdp")])
+def test_two_processes_equal_one(tmp_path: Path, launcher: str, strategy: str) -> None:
+    model = make_model_dir(tmp_path, "bert", dropout=False)
+    data = split_csv(tmp_path / "data.csv")
+    # --eval-every: FSDP validation mid-run needs every rank (and leaves the sharded parameters in place).
+    args = [*train_args(model, data, 5), "--eval-every", "2"]
+    assert main([*args, "--out", str(tmp_path / "single")]) == 0
+
+    done = torchrun([*args, "--strategy", strategy], tmp_path / strategy, launcher)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("adaptune: step 5/5") == 1  # rank 0 logs; the other stays quiet
-
+    assert_same_files(tmp_path / "single" / "adapter", tmp_path / strategy / "adapter")
     single = load_file(tmp_path / "single" / "adapter" / "adapter.safetensors")
-    ddp = load_file(tmp_path / "ddp" / "adapter" / "adapter.safetensors")
-    assert single.keys() == ddp.keys()
-    for key in single:
-        torch.testing.assert_close(ddp[key], single[key], rtol=1e-5, atol=1e-6, msg=key)
-    head_single = load_file(tmp_path / "single" / "adapter" / "head.safetensors")
-    head_ddp = load_file(tmp_path / "ddp" / "adapter" / "head.safetensors")
-    for key in head_single:
-        torch.testing.assert_close(head_ddp[key], head_single[key], rtol=1e-5, atol=1e-6, msg=key)
     assert any(not torch.equal(single[k], torch.zeros_like(single[k])) for k in single if "up.weight" in k)
+
+
+@pytest.mark.slow
+def test_fsdp_resume_matches_uninterrupted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A sharded run resumed from its step-4 checkpoint (full optimizer state re-sharded) ends where the
+    uninterrupted one does; steps 5-6 still have a non-zero learning rate, so the Adam moments matter."""
+    model = make_model_dir(tmp_path, "bert", dropout=False)
+    data = split_csv(tmp_path / "data.csv")
+    args = [*train_args(model, data, 6), "--strategy", "fsdp"]
+    whole = tmp_path / "whole"
+    assert (done := torchrun(args, whole)).returncode == 0, done.stderr[-3000:]
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(whole / "checkpoints" / "step-0000004", resumed / "checkpoints" / "step-0000004")
+    done = torchrun([*args, "--resume"], resumed)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stderr and "at step 4" in done.stderr
+    assert_same_files(whole / "adapter", resumed / "adapter")
+
+    # A sharded checkpoint's optimizer state is keyed by name: a plain run refuses it with a clear error.
+    single = tmp_path / "single"
+    shutil.copytree(whole / "checkpoints", single / "checkpoints")
+    capsys.readouterr()
+    assert main([*train_args(model, data, 6), "--out", str(single), "--resume"]) == 2
+    assert "written by an FSDP run: resume it with --strategy fsdp" in capsys.readouterr().err

@@ -22,6 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .distributed import assign
+
 __all__ = ["find_latest", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
 
 MARKER = "COMPLETE"
@@ -44,14 +46,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(out_dir: Path, step: int, model: nn.Module, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically and keep only the newest ``keep`` checkpoints."""
+def save_checkpoint(
+    out_dir: Path, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any], keep: int = 2
+) -> Path:
+    """Write checkpoint ``step`` atomically and keep only the newest ``keep`` checkpoints.
+
+    ``weights`` are the trainable parameters by name as full tensors (``distributed.gather_trainable``).
+    """
     root = out_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:07d}.", dir=root))
     try:
-        weights = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
         save_file(weights, str(tmp / "trainable.safetensors"))
         torch.save(state, tmp / "state.pt")
         (tmp / MARKER).write_text(str(step), encoding="utf-8")
@@ -95,9 +101,8 @@ def load_checkpoint(out_dir: Path, model: nn.Module) -> dict[str, Any] | None:
                 f"{folder}: checkpoint does not match this run's trainable parameters "
                 f"(unexpected/mis-shaped {wrong[:3]}, missing {missing[:3]}); was the adapter config changed?"
             )
-        with torch.no_grad():
-            for k, v in weights.items():
-                params[k].copy_(v.to(params[k].dtype))
+        for k, v in weights.items():
+            assign(params[k], v)
         state["folder"] = str(folder)
         return state
     return None

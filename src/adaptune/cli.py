@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,10 @@ def _add_run_options(t: argparse.ArgumentParser) -> None:
     g.add_argument("--log-every", type=_positive_int, default=10)
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     g.add_argument("--exec-tests", action="store_true", help="code data: run generated code for pass@1")
+    g.add_argument(
+        "--strategy", choices=("ddp", "fsdp"), default="ddp",
+        help="under torchrun / accelerate launch: replicate the model (ddp) or shard it (fsdp)",
+    )  # fmt: skip
 
 
 def _add_setup_options(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -250,7 +255,7 @@ def _run_config(a: argparse.Namespace, **what: Any) -> Any:
 
     shared = ("task", "model", "data", "out", "text_column", "label_column", "target_column", "epochs", "max_steps",
               "lr", "weight_decay", "batch_size", "grad_accum", "max_length", "seed", "limit", "eval_every",
-              "eval_limit", "save_every", "log_every", "resume", "exec_tests")  # fmt: skip
+              "eval_limit", "save_every", "log_every", "resume", "exec_tests", "strategy")  # fmt: skip
     return RunConfig(**{k: getattr(a, k) for k in shared}, train_modules=tuple(a.train_modules), **what)
 
 
@@ -390,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         print("adaptune: interrupted", file=sys.stderr)
         return 130
     except (DataError, ValueError, FileNotFoundError, KeyError, OSError) as err:
+        if os.environ.get("ADAPTUNE_DEBUG"):  # the full traceback, for bug reports
+            raise
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"adaptune: error: {msg}", file=sys.stderr)
         return 2

@@ -27,8 +27,8 @@ from .assets import resolve_model
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import AdapterConfig
 from .data import Dataset, load_dataset
+from .distributed import gather_trainable, load_optimizer_state, optimizer_state, reshard, wrap
 from .distributed import setup as setup_distributed
-from .distributed import wrap
 from .evaluate import evaluate
 from .io import load_adapter, save_adapter
 from .model import DEFAULT_HEADS, add_adapter, head_modules, train_adapter, trainable_summary
@@ -70,6 +70,7 @@ class RunConfig:
     resume: bool = False
     generate_limit: int | None = 50
     exec_tests: bool = False
+    strategy: str = "ddp"  # ddp | fsdp, when launched on several processes
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -117,31 +118,10 @@ def run_training(cfg: RunConfig) -> RunResult:
     if data.task != cfg.task:
         raise ValueError(f"data {cfg.data!r} is a {data.task} dataset, but --task is {cfg.task}")
     _log(data.summary())
-    model_dir = resolve_model(cfg.model)
-    model, tok = load_model(cfg.task, model_dir, data.labels)
     job = setup_distributed()
     device = job.device
+    model, tok, fuse, summary = _build(cfg, data)
     model.to(device)
-    missing = [m for m in cfg.train_modules if m not in head_modules(model, cfg.train_modules)]
-    if missing:
-        raise ValueError(f"--train-modules: {type(model).__name__} has no module {missing[0]!r}")
-    heads = (*DEFAULT_HEADS, *cfg.train_modules)
-    fuse = None
-    if cfg.fuse_from:
-        from .fusion import add_fusion, train_fusion
-
-        names = [
-            load_adapter(model, d, name=unique_name(model, d), activate=False, load_head=False) for d in cfg.fuse_from
-        ]
-        fuse = add_fusion(model, names)
-        summary = train_fusion(model, fuse, heads=heads, regularization=cfg.fusion_reg)
-    elif cfg.adapter is not None:
-        add_adapter(model, cfg.name, cfg.adapter)
-        summary = train_adapter(model, cfg.name, heads=heads)
-    else:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        summary = trainable_summary(model)
     _log(str(summary))
 
     train = data.train
@@ -151,7 +131,8 @@ def run_training(cfg: RunConfig) -> RunResult:
         if cfg.batch_size % job.world:
             raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {job.world} processes")
         batches_per_epoch = max(1, len(train) // cfg.batch_size)  # full global batches only: equal shards
-    runner = wrap(model, job)
+    runner = wrap(model, job, cfg.strategy)
+    fsdp = cfg.strategy == "fsdp" and job.world > 1
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train) / per_step))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -166,7 +147,7 @@ def run_training(cfg: RunConfig) -> RunResult:
         if state is None:
             _log(f"--resume: no checkpoint in {out / 'checkpoints'}; starting fresh")
         else:
-            opt.load_state_dict(state["optimizer"])
+            load_optimizer_state(model, opt, state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
             step, epoch, cursor = state["step"], state["epoch"], state["cursor"]
@@ -174,11 +155,13 @@ def run_training(cfg: RunConfig) -> RunResult:
             _log(f"resumed from {state['folder']} at step {step}")
 
     def checkpoint(rng: dict[str, Any] | None = None) -> Path:
+        # Under FSDP the gathers are collectives: every rank takes part, rank 0 writes.
+        weights, optim = gather_trainable(model), optimizer_state(model, opt, cfg.strategy)
         state = {
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng or rng_state(),
+            "optimizer": optim, "scheduler": sched.state_dict(), "rng": rng or rng_state(),
             "step": step, "epoch": epoch, "cursor": cursor, "history": history,
         }  # fmt: skip
-        return save_checkpoint(out, step, model, state) if job.main else out
+        return save_checkpoint(out, step, weights, state) if job.main else out
 
     def order(e: int) -> list[int]:
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + e)
@@ -219,8 +202,11 @@ def run_training(cfg: RunConfig) -> RunResult:
             if step % cfg.log_every == 0 or step == total:
                 _log(f"step {step}/{total} loss {loss_sum:.4f} lr {sched.get_last_lr()[0]:.2e} "
                      f"{statistics.median(step_times[-cfg.log_every:]):.2f} s/step")  # fmt: skip
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < total and job.main:
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < total and (job.main or fsdp):
+                # A sharded model runs only with every rank taking part; the ranks all see the same examples.
                 history[-1] |= _validate(cfg, data, model, tok)
+                if fsdp:
+                    reshard(model)
                 model.train()
             if step % cfg.save_every == 0 and step < total:
                 checkpoint()
@@ -233,7 +219,14 @@ def run_training(cfg: RunConfig) -> RunResult:
         raise
     bar.close()
     checkpoint()
-    if not job.main:  # rank 0 evaluates and writes; the others are done
+    if fsdp:  # gather the trained tensors, then rank 0 carries on alone with a plain model
+        trained = gather_trainable(model)
+        job.barrier()
+        job.close()
+        if not job.main:
+            return RunResult({}, history, out)
+        model = _unsharded(cfg, data, trained).to(device)
+    elif not job.main:  # rank 0 evaluates and writes; the others are done
         job.barrier()
         job.close()
         return RunResult({}, history, out)
@@ -264,9 +257,47 @@ def run_training(cfg: RunConfig) -> RunResult:
         config=cfg.to_dict(), metrics=metrics, history=history,
     )  # fmt: skip
     _log(f"report: {report}")
-    job.barrier()
-    job.close()
+    if not fsdp:
+        job.barrier()
+        job.close()
     return RunResult(metrics, history, out)
+
+
+def _build(cfg: RunConfig, data: Dataset) -> tuple[torch.nn.Module, Any, Any, Any]:
+    """The model for this run with its adapter / fusion added and set to train: (model, tokenizer, fusion, summary)."""
+    model, tok = load_model(cfg.task, resolve_model(cfg.model), data.labels)
+    missing = [m for m in cfg.train_modules if m not in head_modules(model, cfg.train_modules)]
+    if missing:
+        raise ValueError(f"--train-modules: {type(model).__name__} has no module {missing[0]!r}")
+    heads = (*DEFAULT_HEADS, *cfg.train_modules)
+    fuse = None
+    if cfg.fuse_from:
+        from .fusion import add_fusion, train_fusion
+
+        names = [
+            load_adapter(model, d, name=unique_name(model, d), activate=False, load_head=False) for d in cfg.fuse_from
+        ]
+        fuse = add_fusion(model, names)
+        summary = train_fusion(model, fuse, heads=heads, regularization=cfg.fusion_reg)
+    elif cfg.adapter is not None:
+        add_adapter(model, cfg.name, cfg.adapter)
+        summary = train_adapter(model, cfg.name, heads=heads)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        summary = trainable_summary(model)
+    return model, tok, fuse, summary
+
+
+def _unsharded(cfg: RunConfig, data: Dataset, trained: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """After an FSDP run, rank 0 rebuilds a plain (unsharded) model from the base and the gathered trainable
+    tensors, to evaluate and save without the other processes."""
+    model, _, _, _ = _build(cfg, data)
+    _, unexpected = model.load_state_dict(trained, strict=False)
+    lost = [n for n, p in model.named_parameters() if p.requires_grad and n not in trained]
+    if unexpected or lost:  # the rebuild must be the trained model, tensor for tensor
+        raise RuntimeError(f"rebuilding the FSDP-trained model: unexpected {unexpected[:3]}, not trained {lost[:3]}")
+    return model
 
 
 def _validate(cfg: RunConfig, data: Dataset, model: torch.nn.Module, tok: Any) -> dict[str, float]:
