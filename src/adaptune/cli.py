@@ -116,6 +116,10 @@ def _add_run_options(t: argparse.ArgumentParser) -> None:
         "--strategy", choices=("ddp", "fsdp"), default="ddp",
         help="under torchrun / accelerate launch: replicate the model (ddp) or shard it (fsdp)",
     )  # fmt: skip
+    g.add_argument(
+        "--base-dropout", choices=("on", "off"), default="on",
+        help="dropout inside the frozen pretrained body; off: ~30%% faster steps on CPU (adapter/head dropout kept)",
+    )  # fmt: skip
 
 
 def _add_setup_options(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -185,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_compare_parser(sub)
     add_sweep_parser(sub)
+    from .benchmark.command import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
@@ -256,7 +263,10 @@ def _run_config(a: argparse.Namespace, **what: Any) -> Any:
     shared = ("task", "model", "data", "out", "text_column", "label_column", "target_column", "epochs", "max_steps",
               "lr", "weight_decay", "batch_size", "grad_accum", "max_length", "seed", "limit", "eval_every",
               "eval_limit", "save_every", "log_every", "resume", "exec_tests", "strategy")  # fmt: skip
-    return RunConfig(**{k: getattr(a, k) for k in shared}, train_modules=tuple(a.train_modules), **what)
+    return RunConfig(
+        **{k: getattr(a, k) for k in shared}, train_modules=tuple(a.train_modules),
+        base_dropout=a.base_dropout == "on", **what,
+    )  # fmt: skip
 
 
 def _train_and_report(cfg: Any, saved: str) -> int:
@@ -388,9 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in COMMANDS:
             return COMMANDS[args.command](args)
+        from .benchmark.command import run_bench
         from .experiments import run_compare, run_sweep
 
-        return {"compare": run_compare, "sweep": run_sweep}[args.command](args)
+        return {"compare": run_compare, "sweep": run_sweep, "bench": run_bench}[args.command](args)
     except KeyboardInterrupt:
         print("adaptune: interrupted", file=sys.stderr)
         return 130

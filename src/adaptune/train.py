@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .assets import resolve_model
+from .base_dropout import set_base_dropout
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import AdapterConfig
 from .data import Dataset, load_dataset
@@ -71,6 +72,7 @@ class RunConfig:
     generate_limit: int | None = 50
     exec_tests: bool = False
     strategy: str = "ddp"  # ddp | fsdp, when launched on several processes
+    base_dropout: bool = True  # False: dropout off in the frozen pretrained body (adapters and head keep theirs)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -283,9 +285,13 @@ def _build(cfg: RunConfig, data: Dataset) -> tuple[torch.nn.Module, Any, Any, An
         add_adapter(model, cfg.name, cfg.adapter)
         summary = train_adapter(model, cfg.name, heads=heads)
     else:
+        if not cfg.base_dropout:
+            raise ValueError("--base-dropout off: full fine-tuning has no frozen base; give an adapter")
         for p in model.parameters():
             p.requires_grad_(True)
         summary = trainable_summary(model)
+    if not cfg.base_dropout:
+        set_base_dropout(model, False, heads)
     return model, tok, fuse, summary
 
 

@@ -1,0 +1,114 @@
+"""``adaptune bench``: every configuration side by side, each measurement in its own process.
+
+The job list is fixed here; ``worker`` measures one job; results go to ``results.json`` (everything measured),
+``results.md`` (tables and each target met or missed) and ``bench.png``. Jobs that need AdapterHub ``adapters``
+run under ``--adapters-python`` (a venv with Transformers 4.57.6); jobs that need ``peft`` run where it is
+installed. A job whose package is missing is recorded as skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .tables import write_outputs
+
+__all__ = ["Options", "jobs", "run_suite"]
+
+SECTIONS = ("train", "infer", "memory", "direct", "decoder")
+OURS_TRAIN = ["pfeiffer", "houlsby", "parallel", "pfeiffer_top_half", "fusion3"]
+NODROP = ["pfeiffer+nodrop", "houlsby+nodrop", "pfeiffer_top_half+nodrop", "fusion3+nodrop"]
+AH_TRAIN = ["ah_seq_bn", "ah_double_seq_bn", "ah_par_bn", "ah_fusion3"]
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to run: sections, timing pairs, interpreters."""
+
+    out: Path
+    sections: tuple[str, ...] = SECTIONS
+    pairs: int = 10
+    warmup: int = 2
+    threads: int = 2
+    adapters_python: str | None = None  # interpreter of a venv with adapters==1.3.0 + transformers==4.57.6
+    quick: bool = False  # tiny model, few configurations: checks the machinery, measures nothing useful
+
+
+def _job(kind: str, cand: str, ref: str | None, model: str, bs: int, length: int, o: Options, **extra: Any) -> dict:
+    where = "adapters" if cand.startswith("ah_") or (ref or "").startswith("ah_") or extra.pop("ah", False) else "main"
+    return {"kind": kind, "cand": cand, "ref": ref, "model": model, "batch": bs, "length": length,
+            "pairs": o.pairs, "warmup": o.warmup, "threads": o.threads, "venv": where, **extra}  # fmt: skip
+
+
+def jobs(o: Options) -> list[dict[str, Any]]:
+    """Every measurement, in run order."""
+    if o.quick:
+        tiny = ("tiny", 2, 8)
+        quick = {"pairs": 2, "warmup": 1}
+        return [
+            {**_job("train", "fusion3+nodrop", "full", *tiny, o), **quick},
+            {**_job("infer", "pfeiffer", "base", *tiny, o), **quick},
+            _job("memory", "pfeiffer", None, *tiny, o),
+        ]
+    out: list[dict[str, Any]] = []
+    mini = ("minilm", 16, 128)
+    if "train" in o.sections:
+        out += [_job("train", c, "full", *mini, o) for c in [*OURS_TRAIN, *NODROP, "peft_lora", *AH_TRAIN]]
+    if "direct" in o.sections:  # ours against AdapterHub in one process (same Transformers 4.57 base)
+        out += [_job("train", "pfeiffer", "ah_seq_bn", *mini, o), _job("infer", "pfeiffer", "ah_seq_bn", *mini, o)]
+    if "infer" in o.sections:
+        out += [_job("infer", "pfeiffer", "base", "minilm", 1, 128, o)]
+        setups = ["pfeiffer", "houlsby", "fusion3", "peft_lora", "peft_lora_merged", *AH_TRAIN, "ah_init"]
+        out += [_job("infer", c, "base", *mini, o) for c in setups]
+        out += [_job("infer", "mixed8", "pfeiffer", "minilm", 8, 128, o)]
+    if "memory" in o.sections:
+        configs = ["full", *OURS_TRAIN, *NODROP, "peft_lora"]
+        out += [_job("memory", c, None, *mini, o) for c in configs]
+        out += [_job("memory", "full", None, *mini, o, ah=True)]
+        out += [_job("memory", c, None, *mini, o) for c in AH_TRAIN]
+    if "decoder" in o.sections:
+        smol = ("smollm2", 4, 128)
+        out += [_job("train", c, "full", *smol, o) for c in ("pfeiffer", "pfeiffer_top_half", "peft_lora")]
+        out += [_job("infer", c, "base", *smol, o) for c in ("pfeiffer", "peft_lora")]
+        out += [_job("memory", c, None, *smol, o) for c in ("full", "pfeiffer", "peft_lora")]
+    return out
+
+
+def _run_one(job: dict[str, Any], o: Options) -> dict[str, Any]:
+    python = sys.executable
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    if job["venv"] == "adapters":
+        if not o.adapters_python:
+            return {**job, "skipped": "needs --adapters-python (a venv with adapters + transformers 4.57)"}
+        python = o.adapters_python
+        src = str(Path(__file__).resolve().parents[2])  # this checkout's adaptune, importable in that venv
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    cmd = [python, "-m", "adaptune.benchmark.worker", json.dumps(job)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
+        return {**job, "skipped": lines[-1] if lines else f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_suite(o: Options, log: Any = print) -> dict[str, Any]:
+    """Run every job, write the outputs under ``o.out``, and return the results."""
+    todo = jobs(o)
+    results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "options": {
+        "pairs": o.pairs, "warmup": o.warmup, "threads": o.threads, "quick": o.quick}, "jobs": []}  # fmt: skip
+    t0 = time.perf_counter()
+    for i, job in enumerate(todo, 1):
+        r = _run_one(job, o)
+        results["jobs"].append(r)
+        what = f"{job['kind']} {job['cand']} vs {job['ref']}" if job["ref"] else f"{job['kind']} {job['cand']}"
+        got = r.get("skipped") and f"skipped: {r['skipped']}"
+        got = got or (f"{r['ratio']:.3f}" if "ratio" in r else f"peak {r['peak_rss_mb']:.0f} MB")
+        log(f"[{i}/{len(todo)}] {job['model']} {what}: {got}  ({time.perf_counter() - t0:.0f} s)")
+        write_outputs(results, o.out)  # after every job: an interrupted run keeps what it measured
+    return results

@@ -1,0 +1,173 @@
+"""The models and steps the benchmark times: adaptune configurations, full fine-tuning, ``peft`` LoRA and
+AdapterHub ``adapters`` (the last two imported only when asked for, in whichever venv has them).
+
+A configuration is a string: ``full``, ``base`` (untouched model, inference), an adaptune preset
+(``pfeiffer``, ``houlsby``, ``parallel``, ``pfeiffer_top_half``, ``fusion3``, ``mixed8``), ``peft_lora``,
+``peft_lora_merged``, or an AdapterHub one (``ah_seq_bn``, ``ah_double_seq_bn``, ``ah_par_bn``,
+``ah_fusion3``, ``ah_init``). A ``+nodrop`` suffix trains adaptune configurations with base dropout off.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["MODELS", "batch", "build", "infer_step", "saved_bytes", "train_step"]
+
+# model name -> (loader kind, default batch, default length)
+MODELS = {"minilm": ("classification", 16, 128), "smollm2": ("causal-lm", 4, 128), "tiny": ("classification", 2, 8)}
+REDUCTION = 16  # every bottleneck configuration, ours and AdapterHub's, uses reduction factor 16
+
+
+def _load(model_name: str) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    if model_name == "tiny":  # the benchmark's own smoke test: no weights needed
+        cfg = AutoConfig.for_model(
+            "bert", vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, num_labels=2,
+        )  # fmt: skip
+        return AutoModelForSequenceClassification.from_config(cfg)
+    from ..assets import resolve_model
+
+    path = resolve_model(model_name)
+    if MODELS[model_name][0] == "causal-lm":
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, dtype=torch.float32)
+
+
+def _head(model: nn.Module) -> list[str]:
+    return ["classifier"] if hasattr(model, "classifier") else []
+
+
+def _adaptune(model: nn.Module, config: str, bs: int) -> nn.Module:
+    import adaptune
+    from adaptune import AdapterConfig, PerExample
+
+    base, _, nodrop = config.partition("+")
+    heads = _head(model)
+    if base in ("fusion3", "mixed8"):
+        names = [f"a{i}" for i in range(3 if base == "fusion3" else 8)]
+        for name in names:
+            adaptune.add_adapter(model, name, AdapterConfig.pfeiffer(init="normal"), activate=False)
+        if base == "fusion3":
+            fuse = adaptune.add_fusion(model, names)
+            adaptune.train_fusion(model, fuse, heads=heads)
+        else:
+            adaptune.train_adapter(model, names, heads=heads, setup=PerExample([names[i % 8] for i in range(bs)]))
+    else:
+        cfg = {
+            "pfeiffer": AdapterConfig.pfeiffer(init="normal"),
+            "houlsby": AdapterConfig.houlsby(init="normal"),
+            "parallel": AdapterConfig.parallel(init="normal"),
+            "pfeiffer_top_half": AdapterConfig.pfeiffer(layers="top-half", init="normal"),
+        }[base]
+        adaptune.add_adapter(model, "x", cfg)
+        adaptune.train_adapter(model, "x", heads=heads)
+    if nodrop:
+        adaptune.set_base_dropout(model, False, heads=heads)
+    return model
+
+
+def _peft(model: nn.Module, config: str) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    llama = hasattr(model.config, "num_key_value_heads")
+    targets = ["q_proj", "v_proj"] if llama else ["query", "value"]
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=targets, modules_to_save=_head(model))
+    peft_model = get_peft_model(model, lora)
+    return peft_model.merge_and_unload() if config == "peft_lora_merged" else peft_model
+
+
+def _adapterhub(model: nn.Module, config: str) -> nn.Module:
+    import adapters
+    from adapters import DoubleSeqBnConfig, ParBnConfig, SeqBnConfig
+    from adapters.composition import Fuse
+
+    adapters.init(model)
+    kind = config.removeprefix("ah_")
+    if kind == "init":
+        return model
+    if kind == "fusion3":
+        names = ["a0", "a1", "a2"]
+        for name in names:
+            model.add_adapter(name, config=SeqBnConfig(reduction_factor=REDUCTION))
+        model.add_adapter_fusion(Fuse(*names))
+        model.train_adapter_fusion(Fuse(*names))
+    else:
+        cls = {"seq_bn": SeqBnConfig, "double_seq_bn": DoubleSeqBnConfig, "par_bn": ParBnConfig}[kind]
+        model.add_adapter("x", config=cls(reduction_factor=REDUCTION))
+        model.train_adapter("x")
+    for name in _head(model):  # train the classifier as every other configuration does
+        model.get_submodule(name).requires_grad_(True)
+    return model
+
+
+def build(config: str, model_name: str, bs: int) -> nn.Module:
+    """The model set up for ``config``, in train mode (callers switch to eval for inference)."""
+    model = _load(model_name)
+    if config in ("full", "base"):
+        model.requires_grad_(config == "full")
+    elif config.startswith("peft_"):
+        model = _peft(model, config)
+    elif config.startswith("ah_"):
+        model = _adapterhub(model, config)
+    else:
+        model = _adaptune(model, config, bs)
+    return model.train()
+
+
+def batch(model_name: str, bs: int, length: int, labels: bool = True) -> dict[str, torch.Tensor]:
+    """A fixed random batch of token ids (classification labels, or the ids themselves for a causal LM)."""
+    g = torch.Generator().manual_seed(0)
+    vocab = 1000 if model_name == "tiny" else 29000
+    ids = torch.randint(100, vocab, (bs, length), generator=g)
+    out = {"input_ids": ids, "attention_mask": torch.ones(bs, length, dtype=torch.long)}
+    if labels:
+        lm = MODELS[model_name][0] == "causal-lm"
+        out["labels"] = ids.clone() if lm else torch.randint(0, 2, (bs,), generator=g)
+    return out
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, inputs: dict[str, torch.Tensor]) -> float:
+    """Seconds for forward + backward + AdamW step."""
+    t0 = time.perf_counter()
+    model(**inputs).loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0
+
+
+@torch.no_grad()
+def infer_step(model: nn.Module, inputs: dict[str, torch.Tensor]) -> float:
+    """Seconds for one forward pass (eval mode, no grad)."""
+    t0 = time.perf_counter()
+    model(**inputs)
+    return time.perf_counter() - t0
+
+
+def saved_bytes(model: nn.Module, config: str, folder: Any) -> int:
+    """Bytes on disk of what a user saves for ``config``: the adapter (+ head), the LoRA, or the whole model."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    if config == "full" or config.startswith("peft_"):
+        model.save_pretrained(folder)
+    elif config.startswith("ah_"):
+        if config == "ah_fusion3":
+            model.save_adapter_fusion(folder, "a0,a1,a2")
+        else:
+            model.save_adapter(folder, "x")
+    else:
+        import adaptune
+
+        setup = adaptune.active_setup(model)
+        if isinstance(setup, adaptune.Fuse):
+            adaptune.save_fusion(model, setup, folder, heads=tuple(_head(model)))
+        else:
+            adaptune.save_adapter(model, adaptune.list_adapters(model)[0], folder, heads=_head(model))
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
