@@ -88,3 +88,27 @@ def test_fusion_matches_the_paper_formula_and_its_gradients(static: bool) -> Non
     grads_ref = torch.autograd.grad((direct()[0] * g).sum(), wrt)
     for a, b in zip(grads_ours, grads_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_fusion_inference_fold_matches_and_follows_weight_changes() -> None:
+    """Under no_grad W_q and W_k are folded into one cached matrix; it must match the training path and be
+    recomputed after an in-place update (optimizer step) or a tensor swap (load)."""
+    torch.manual_seed(0)
+    f = Fusion(8)
+    h, u = torch.randn(4, 8), torch.randn(4, 3, 8)
+    with torch.no_grad():
+        f.query.weight.normal_()
+        folded, p_folded = f(h, u)
+    direct, p_direct = f(h, u)
+    torch.testing.assert_close(folded, direct, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(p_folded, p_direct, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        f.key.weight.mul_(3.0)  # in place, as AdamW does
+        after = f(h, u)[1]
+    torch.testing.assert_close(after, f(h, u)[1], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(after, p_folded)
+    f.query.weight = torch.nn.Parameter(torch.randn(8, 8))  # a new tensor, as a load may do
+    with torch.no_grad():
+        swapped = f(h, u)[1]
+    torch.testing.assert_close(swapped, f(h, u)[1], rtol=1e-5, atol=1e-5)
+    assert "_fold" not in f.state_dict() and not any("fold" in k for k in f.state_dict())
