@@ -59,3 +59,22 @@ def test_quick_bench_writes_json_markdown_and_plot(tmp_path: Path) -> None:
     md = (tmp_path / "results.md").read_text()
     assert "## tiny" in md and "| fusion3+nodrop | adaptune | full |" in md
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_append_keeps_earlier_rows_and_replaces_remeasured_ones(tmp_path: Path) -> None:
+    from adaptune.benchmark import run_suite
+
+    timing = {"ratio": 0.7, "ratio_min": 0.6, "ratio_max": 0.8, "ref_s": 2.0, "cand_s": 1.4}
+    earlier = {"kind": "train", "cand": "pfeiffer", "ref": "full", "model": "minilm", "batch": 16, "length": 128,
+               "venv": "main", **timing}  # fmt: skip
+    stale = {**earlier, "cand": "pfeiffer", "ref": "ah_seq_bn", "venv": "adapters", "ratio": 9.9}
+    options = {"pairs": 10, "warmup": 2, "threads": 2}
+    (tmp_path / "results.json").write_text(
+        json.dumps({"started": "then", "options": options, "jobs": [earlier, stale]})
+    )
+    # Without --adapters-python the AdapterHub pairs are recorded as skipped at once (no process started).
+    results = run_suite(Options(out=tmp_path, sections=("direct",), append=True), log=lambda _: None)
+    assert results["jobs"][0] == earlier and len(results["jobs"]) == 4
+    assert "skipped" in results["jobs"][1] and results["jobs"][1]["ref"] == "ah_seq_bn"  # replaced in place
+    md = (tmp_path / "results.md").read_text()
+    assert "Rows added or re-measured later with --append" in md and "| pfeiffer | adaptune | full |" in md

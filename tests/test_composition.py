@@ -303,6 +303,8 @@ def test_corrupt_fusion_weights_are_refused_and_nothing_is_left(tmp_path: Path) 
     tensors[key] = torch.full_like(tensors[key], float("nan"))
     save_file(tensors, str(folder / "fusion.safetensors"))
     fresh = tiny_bert_classifier()
+    adaptune.add_adapter(fresh, "a")  # already there before: must survive the failed load
     with pytest.raises(ValueError, match="NaN or infinite"):
         adaptune.load_fusion(fresh, folder)
     assert adaptune.list_fusions(fresh) == []
+    assert adaptune.list_adapters(fresh) == ["a"]  # "b", loaded by the failed call, is gone again

@@ -211,3 +211,17 @@ def test_new_adapters_follow_the_model_mode(bert: nn.Module, ids: torch.Tensor) 
     adaptune.add_adapter(bert, "d", AdapterConfig(dropout=0.5, init="normal"))
     assert not any(m.training for m in bert.modules())
     assert torch.equal(logits(bert, ids), logits(bert, ids))
+
+
+@pytest.mark.parametrize("preset", ["pfeiffer", "houlsby", "parallel"])
+def test_no_autograd_graph_below_the_lowest_adapter(preset: str) -> None:
+    """Adapters in the top half only: blocks below them build no graph, so backward stops at the lowest adapter
+    (the top-half speed-up in the benchmark rests on this)."""
+    model = tiny_bert_classifier(layers=4)
+    adaptune.add_adapter(model, "x", getattr(AdapterConfig, preset)(layers="top-half"))
+    adaptune.train_adapter(model, "x")
+    tracked: dict[int, bool] = {}
+    for i, block in enumerate(model.bert.encoder.layer):
+        block.register_forward_hook(lambda m, a, out, i=i: tracked.__setitem__(i, out[0].requires_grad))
+    model.train()(input_ids=torch.randint(0, 100, (2, 6)), labels=torch.tensor([0, 1])).loss.backward()
+    assert tracked == {0: False, 1: False, 2: True, 3: True}

@@ -38,6 +38,7 @@ from .model import (
     adapter_config,
     adapter_modules,
     add_adapter,
+    delete_adapter,
     head_modules,
     list_adapters,
     set_active,
@@ -219,29 +220,34 @@ def load_fusion(model: nn.Module, folder: str | os.PathLike[str], *, activate: b
         children, name = list(meta["adapters"]), meta["name"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{cfg}: not a valid fusion config ({err})") from None
-    for child in children:
-        if child not in list_adapters(model):
-            load_adapter(model, src / child, name=child, activate=False, load_head=False)
-    fuse = add_fusion(
-        model,
-        children,
-        name,
-        temperature=meta.get("temperature", 1.0),
-        static=meta.get("static", False),
-        activate=False,
-    )
-    tensors = _read_tensors(src / FUSION_WEIGHTS)
-    state = {
-        f"{p}.{k}": v for p, m in fusion_modules(model, name).items() for k, v in m.state_dict(keep_vars=True).items()
-    }
+    loaded: list[str] = []  # adapters this call adds: removed again if anything below fails
+    fuse = None
     try:
+        for child in children:
+            if child not in list_adapters(model):
+                load_adapter(model, src / child, name=child, activate=False, load_head=False)
+                loaded.append(child)
+        fuse = add_fusion(
+            model, children, name, temperature=meta.get("temperature", 1.0), static=meta.get("static", False),
+            activate=False,
+        )  # fmt: skip
+        tensors = _read_tensors(src / FUSION_WEIGHTS)
+        state = {
+            f"{p}.{k}": v
+            for p, m in fusion_modules(model, name).items()
+            for k, v in m.state_dict(keep_vars=True).items()
+        }
         if set(state) != set(tensors):
             raise ValueError(f"{src / FUSION_WEIGHTS}: keys do not match the fusion's layers in this model")
         with torch.no_grad():
             for key, value in tensors.items():
                 _copy_tensor(state[key], value, key, src / FUSION_WEIGHTS)
     except Exception:
-        delete_fusion(model, name)  # never leave a half-loaded fusion behind
+        # All or nothing: never leave a half-loaded fusion or its freshly loaded adapters behind.
+        if fuse is not None:
+            delete_fusion(model, name)
+        for child in loaded:
+            delete_adapter(model, child)
         raise
     if (src / "head.safetensors").is_file():
         _copy_head(model, _read_tensors(src / "head.safetensors"), src / "head.safetensors")

@@ -24,6 +24,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every measurement")
     b.add_argument("--adapters-python", help="python of a venv with adapters==1.3.0 + transformers==4.57.6")
     b.add_argument("--quick", action="store_true", help="tiny model, a few jobs: checks the machinery only")
+    b.add_argument("--append", action="store_true", help="add to results.json (re-measured jobs replace old rows)")
 
 
 def run_bench(a: argparse.Namespace) -> int:
@@ -32,7 +33,7 @@ def run_bench(a: argparse.Namespace) -> int:
     if a.adapters_python and not Path(a.adapters_python).is_file():
         raise FileNotFoundError(f"--adapters-python {a.adapters_python}: no such interpreter")
     o = Options(out=Path(a.out), sections=tuple(a.only), pairs=a.pairs, warmup=a.warmup, threads=a.threads,
-                adapters_python=a.adapters_python, quick=a.quick)  # fmt: skip
+                adapters_python=a.adapters_python, quick=a.quick, append=a.append)  # fmt: skip
     run_suite(o, log=lambda msg: print(f"adaptune: {msg}", file=sys.stderr, flush=True))
     print(f"results: {o.out / 'results.md'}")
     return 0

@@ -38,6 +38,7 @@ class Options:
     threads: int = 2
     adapters_python: str | None = None  # interpreter of a venv with adapters==1.3.0 + transformers==4.57.6
     quick: bool = False  # tiny model, few configurations: checks the machinery, measures nothing useful
+    append: bool = False  # keep the jobs already in results.json; a re-measured job replaces its old row
 
 
 def _job(kind: str, cand: str, ref: str | None, model: str, bs: int, length: int, o: Options, **extra: Any) -> dict:
@@ -61,7 +62,8 @@ def jobs(o: Options) -> list[dict[str, Any]]:
     if "train" in o.sections:
         out += [_job("train", c, "full", *mini, o) for c in [*OURS_TRAIN, *NODROP, "peft_lora", *AH_TRAIN]]
     if "direct" in o.sections:  # ours against AdapterHub in one process (same Transformers 4.57 base)
-        out += [_job("train", "pfeiffer", "ah_seq_bn", *mini, o), _job("infer", "pfeiffer", "ah_seq_bn", *mini, o)]
+        out += [_job("train", c, "ah_seq_bn", *mini, o) for c in ("pfeiffer", "pfeiffer+nodrop")]
+        out += [_job("infer", "pfeiffer", "ah_seq_bn", *mini, o)]
     if "infer" in o.sections:
         out += [_job("infer", "pfeiffer", "base", "minilm", 1, 128, o)]
         setups = ["pfeiffer", "houlsby", "fusion3", "peft_lora", "peft_lora_merged", *AH_TRAIN, "ah_init"]
@@ -97,15 +99,27 @@ def _run_one(job: dict[str, Any], o: Options) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _key(job: dict[str, Any]) -> tuple[Any, ...]:
+    return job["kind"], job["cand"], job["ref"], job["model"], job["batch"], job["length"], job["venv"]
+
+
 def run_suite(o: Options, log: Any = print) -> dict[str, Any]:
     """Run every job, write the outputs under ``o.out``, and return the results."""
     todo = jobs(o)
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "options": {
         "pairs": o.pairs, "warmup": o.warmup, "threads": o.threads, "quick": o.quick}, "jobs": []}  # fmt: skip
+    old = o.out / "results.json"
+    if o.append and old.is_file():
+        results = json.loads(old.read_text(encoding="utf-8"))
+        results.setdefault("appended", []).append(time.strftime("%Y-%m-%d %H:%M:%S"))
     t0 = time.perf_counter()
     for i, job in enumerate(todo, 1):
         r = _run_one(job, o)
-        results["jobs"].append(r)
+        same = [k for k, j in enumerate(results["jobs"]) if _key(j) == _key(r)]
+        if same:
+            results["jobs"][same[0]] = r
+        else:
+            results["jobs"].append(r)
         what = f"{job['kind']} {job['cand']} vs {job['ref']}" if job["ref"] else f"{job['kind']} {job['cand']}"
         got = r.get("skipped") and f"skipped: {r['skipped']}"
         got = got or (f"{r['ratio']:.3f}" if "ratio" in r else f"peak {r['peak_rss_mb']:.0f} MB")

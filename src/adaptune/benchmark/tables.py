@@ -12,6 +12,7 @@ TARGETS = [
     ("pfeiffer training step vs full FT", "train", "pfeiffer", "full", "minilm", 16, 0.55),
     ("pfeiffer (base dropout off) training step vs full FT", "train", "pfeiffer+nodrop", "full", "minilm", 16, 0.55),
     ("pfeiffer training step vs adapters seq_bn", "train", "pfeiffer", "ah_seq_bn", "minilm", 16, 0.85),
+    ("pfeiffer (no base dropout) vs adapters seq_bn", "train", "pfeiffer+nodrop", "ah_seq_bn", "minilm", 16, 0.85),
     ("pfeiffer top half vs full FT", "train", "pfeiffer_top_half", "full", "minilm", 16, 0.40),
     ("pfeiffer top half (no base dropout) vs full FT", "train", "pfeiffer_top_half+nodrop", "full", "minilm", 16, 0.4),
     ("fusion of 3 training step vs full FT", "train", "fusion3", "full", "minilm", 16, 0.60),
@@ -62,6 +63,8 @@ def _markdown(results: dict[str, Any]) -> str:
     o = results["options"]
     lines = [f"Benchmark started {results['started']}; {o['threads']} threads, fp32, warm-up {o['warmup']} pairs, "
              f"median of {o['pairs']} paired steps (A B A B ...); each row its own process.", ""]  # fmt: skip
+    if results.get("appended"):
+        lines += [f"Rows added or re-measured later with --append: {', '.join(results['appended'])}.", ""]
     versions = next((r["versions"] for r in _ok(jobs) if r.get("venv") == "main" and "versions" in r), {})
     ah_versions = next((r["versions"] for r in _ok(jobs) if r.get("venv") == "adapters" and "versions" in r), {})
     lines += [f"Main venv: {versions}. AdapterHub venv: {ah_versions or 'not run'}.", ""]
