@@ -112,3 +112,14 @@ def test_fusion_inference_fold_matches_and_follows_weight_changes() -> None:
         swapped = f(h, u)[1]
     torch.testing.assert_close(swapped, f(h, u)[1], rtol=1e-5, atol=1e-5)
     assert "_fold" not in f.state_dict() and not any("fold" in k for k in f.state_dict())
+
+
+@pytest.mark.parametrize("scaling", [1.0, 2.5])
+def test_inference_fast_path_matches_the_formula(scaling: float) -> None:
+    torch.manual_seed(0)
+    b = Bottleneck(8, AdapterConfig(init="normal", init_std=0.3, scaling=scaling, bottleneck_size=4)).eval()
+    x, r = torch.randn(3, 5, 8), torch.randn(3, 5, 8)
+    with torch.no_grad():
+        fast = b(x, residual=r)
+    torch.testing.assert_close(fast, r + b.branch(x), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fast, b(x, residual=r).detach(), rtol=1e-6, atol=1e-6)  # the autograd path

@@ -108,8 +108,21 @@ class Bottleneck(nn.Module):
         With ``delta_only`` it returns ``s·f(x)`` alone (fusion attends over adapter deltas).
         """
         base = x if residual is None else residual
+        if not delta_only and self._plain() and not torch.is_grad_enabled():
+            # Inference fast path: the scale goes into the residual add (one pass over (..., d), not two).
+            z = self.act(self.down(x.to(self.down.weight.dtype)))
+            return base.add(self.up(z).to(base.dtype), alpha=float(self.scale))
         delta = self.branch(x).to(base.dtype)
         return delta if delta_only else base + delta
+
+    def _plain(self) -> bool:
+        """down → act → up → scale, nothing else (no norms, gate, or dropout in effect)."""
+        return (
+            self.norm_before is None
+            and self.norm_after is None
+            and self.gate is None
+            and (self.drop is None or not self.training)
+        )
 
     def extra_repr(self) -> str:
         return f"width={self.width}, size={self.size}, mode={self.mode}"
