@@ -26,7 +26,7 @@ def test_full_job_list_covers_every_configuration_the_issue_names(tmp_path: Path
         names = f"{j['cand']} {j['ref']}"
         ah_full = j["kind"] == "memory" and j["cand"] == "full" and j["venv"] == "adapters"
         assert (j["venv"] == "adapters") == ("ah_" in names or ah_full), j
-        assert j["pairs"] == 10 and j["threads"] == 2
+        assert j["pairs"] == (30 if j["kind"] == "infer" else 10) and j["threads"] == 2
 
 
 def test_adapterhub_jobs_are_skipped_with_a_reason_without_their_venv(tmp_path: Path) -> None:

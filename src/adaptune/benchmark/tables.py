@@ -55,7 +55,14 @@ def _size(n: int) -> str:
 
 
 def _library(cand: str) -> str:
+    if cand in ("full", "base"):
+        return "-"  # the plain Transformers model: the reference, nobody's adapters
     return "adapters" if cand.startswith("ah_") else "peft" if cand.startswith("peft") else "adaptune"
+
+
+def _label(r: dict[str, Any]) -> str:
+    """Row name; the AdapterHub venv's own full-FT reference (Transformers 4.57) is marked as such."""
+    return f"{r['cand']} (adapters venv)" if r["cand"] == "full" and r.get("venv") == "adapters" else r["cand"]
 
 
 def _markdown(results: dict[str, Any]) -> str:
@@ -100,7 +107,7 @@ def _markdown(results: dict[str, Any]) -> str:
             for r in mem:
                 ratio = _memory_ratio(jobs, r)
                 lines.append(
-                    f"| {r['cand']} | {_library(r['cand'])} | {r['peak_rss_mb']:.0f} | "
+                    f"| {_label(r)} | {_library(r['cand'])} | {r['peak_rss_mb']:.0f} | "
                     f"{'-' if ratio is None else f'{ratio:.3f}'} | {r['loaded_rss_mb']:.0f} | "
                     f"{r['trainable_params']:,} | {_size(r['saved_bytes'])} |"
                 )
@@ -123,19 +130,20 @@ def _plot(results: dict[str, Any], path: Path) -> None:
         ("peak training RSS / full FT (MiniLM)", [r for r in jobs if r["kind"] == "memory"
                                                   and r["model"] in ("minilm", "tiny")], "memory", 0.6),
     ]  # fmt: skip
-    colors = {"adaptune": "tab:blue", "peft": "tab:orange", "adapters": "tab:gray"}
+    colors = {"adaptune": "tab:blue", "peft": "tab:orange", "adapters": "tab:gray", "-": "black"}
     fig = Figure(figsize=(15, 6), layout="constrained")
     for ax, (title, rows, kind, bound) in zip(fig.subplots(1, 3), panels, strict=True):
         values = [r["ratio"] if kind == "ratio" else (_memory_ratio(results["jobs"], r) or 0.0) for r in rows]
-        names = [r["cand"] for r in rows]
-        ax.barh(range(len(rows)), values, color=[colors[_library(n)] for n in names])
-        ax.set_yticks(range(len(rows)), names, fontsize=8)
+        ax.barh(range(len(rows)), values, color=[colors[_library(r["cand"])] for r in rows])
+        ax.set_yticks(range(len(rows)), [_label(r) for r in rows], fontsize=8)
         ax.invert_yaxis()
         ax.axvline(bound, color="tab:red", linestyle="--", linewidth=1, label=f"target {bound}")
         ax.axvline(1.0, color="black", linewidth=0.5)
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle("adaptune (blue), peft (orange), AdapterHub adapters (gray): paired ratios, lower is better")
+    fig.suptitle(
+        "adaptune (blue), peft (orange), AdapterHub adapters (gray), full FT (black): paired ratios, lower is better"
+    )
     fig.savefig(path, dpi=110)
 
 
