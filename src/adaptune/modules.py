@@ -108,8 +108,9 @@ class Bottleneck(nn.Module):
         With ``delta_only`` it returns ``s·f(x)`` alone (fusion attends over adapter deltas).
         """
         base = x if residual is None else residual
-        if not delta_only and self._plain() and not torch.is_grad_enabled():
-            # Inference fast path: the scale goes into the residual add (one pass over (..., d), not two).
+        if not delta_only and self._plain() and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # Inference fast path: the scale goes into the residual add (one pass over (..., d), not two). Not when
+            # compiling: inductor fuses the two passes itself, and float(scale) would break the graph.
             z = self.act(self.down(x.to(self.down.weight.dtype)))
             return base.add(self.up(z).to(base.dtype), alpha=float(self.scale))
         delta = self.branch(x).to(base.dtype)
