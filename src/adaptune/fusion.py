@@ -141,12 +141,15 @@ def _regularise(layers: list[Fusion], weight: float, module: nn.Module, args: An
     # Added only while training and only where the host computed a loss (labels given).
     if not module.training or weight == 0:
         return None
-    term = weight * torch.stack([m.value_distance() for m in layers]).sum()
+
+    def term() -> torch.Tensor:  # computed only when there is a loss to add it to
+        return weight * torch.stack([m.value_distance() for m in layers]).sum()
+
     if hasattr(output, "loss") and output.loss is not None:
-        output.loss = output.loss + term
+        output.loss = output.loss + term()
         return output
     if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor) and output[0].dim() == 0:
-        return (output[0] + term, *output[1:])
+        return (output[0] + term(), *output[1:])
     return None
 
 
