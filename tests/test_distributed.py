@@ -38,7 +38,9 @@ def split_csv(path: Path) -> Path:
     return path
 
 
-def torchrun(args: list[str], out: Path, launcher: str = "torchrun") -> subprocess.CompletedProcess[str]:
+def torchrun(
+    args: list[str], out: Path, launcher: str = "torchrun", command: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """``torchrun --nproc_per_node 2 adaptune <args> --out <out>`` on CPU (gloo), or the same through
     ``accelerate launch`` (whose ``--multi_gpu`` mode is torchrun underneath; with no GPU we pick gloo)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
@@ -57,7 +59,7 @@ def torchrun(args: list[str], out: Path, launcher: str = "torchrun") -> subproce
             "--master_port",
             str(free_port()),
         ]
-    cmd = [*start, "-m", "adaptune.cli", *args, "--out", str(out)]
+    cmd = [*start, "-m", "adaptune.cli", *([command] if command else []), *args, "--out", str(out)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -115,3 +117,28 @@ def test_fsdp_resume_matches_uninterrupted(tmp_path: Path, capsys: pytest.Captur
     capsys.readouterr()
     assert main([*train_args(model, data, 6), "--out", str(single), "--resume"]) == 2
     assert "written by an FSDP run: resume it with --strategy fsdp" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fsdp_fusion_with_value_regulariser_matches_one_process(tmp_path: Path) -> None:
+    """AdapterFusion under FSDP: the value regulariser reads W_v after its block's forward, when it is sharded;
+    each rank must differentiate its own rows and the run must match one process."""
+    model = make_model_dir(tmp_path, "bert", dropout=False)
+    data = split_csv(tmp_path / "data.csv")
+    base = ["--model", str(model), "--data", str(data), "--batch-size", "8", "--max-length", "16", "--save-every", "9"]
+    for seed in ("1", "2"):
+        assert main(["train", *base, "--max-steps", "2", "--seed", seed, "--out", str(tmp_path / f"a{seed}")]) == 0
+    fuse = ["fuse", *base, "--max-steps", "4", "--lr", "5e-2", "--adapters", str(tmp_path / "a1" / "adapter"),
+            str(tmp_path / "a2" / "adapter")]  # fmt: skip
+    assert main([*fuse, "--fusion-reg", "5", "--out", str(tmp_path / "single")]) == 0
+    assert main([*fuse, "--fusion-reg", "0", "--out", str(tmp_path / "noreg")]) == 0
+    done = torchrun([*fuse[1:], "--fusion-reg", "5", "--strategy", "fsdp"], tmp_path / "fsdp", command="fuse")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    single = load_file(tmp_path / "single" / "fusion" / "fusion.safetensors")
+    sharded = load_file(tmp_path / "fsdp" / "fusion" / "fusion.safetensors")
+    noreg = load_file(tmp_path / "noreg" / "fusion" / "fusion.safetensors")
+    for key in single:
+        torch.testing.assert_close(sharded[key], single[key], rtol=1e-5, atol=1e-6, msg=key)
+    values = [k for k in single if k.endswith("value.weight")]
+    assert values and any(not torch.allclose(single[k], noreg[k]) for k in values)  # the regulariser acted
