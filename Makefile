@@ -35,6 +35,9 @@ demo: $(STAMP)
 
 # Benchmarks side by side with peft and AdapterHub `adapters` (~25 min; results to bench/results/).
 # AdapterHub needs Transformers 4.57, so it gets its own venv; torch stays pinned to the CPU wheel there too.
+# e.g. `make bench BENCH_ARGS="--only train --pairs 20"`, or BENCH_ARGS=--quick to check the set-up in a minute.
+BENCH_OUT ?= bench/results
+BENCH_ARGS ?=
 AH_VENV := .venv-adapters
 AH_STAMP := $(AH_VENV)/.installed
 
@@ -47,7 +50,7 @@ $(AH_STAMP): bench/requirements-adapters.txt constraints.txt
 
 bench: $(STAMP) $(AH_STAMP)
 	$(BIN)/pip install -q --no-deps -r bench/requirements-bench.txt
-	HF_HUB_OFFLINE=1 $(BIN)/adaptune bench --adapters-python $(AH_VENV)/bin/python --out bench/results
+	HF_HUB_OFFLINE=1 $(BIN)/adaptune bench --adapters-python $(AH_VENV)/bin/python --out $(BENCH_OUT) $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
