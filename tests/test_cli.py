@@ -220,3 +220,11 @@ def test_fuse_explain_and_composed_eval(assets: dict[str, Path], tmp_path: Path,
     assert main(["eval", "--adapter", *both, "--setup", "Average(sent, par)", "--data", str(assets["csv"])]) == 0
     assert main(["predict", "--adapter", *both, "--setup", "Stack(sent, par)", "good film"]) == 0
     assert main(["eval", "--adapter", *both, "--setup", "Fuse(Stack(sent, par))", "--data", str(assets["csv"])]) == 2
+
+
+def test_debug_env_shows_the_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    args = ["eval", "--adapter", str(tmp_path / "gone"), "--data", str(tmp_path / "d.csv")]
+    assert main(args) == 2  # normally: one error line, exit 2
+    monkeypatch.setenv("ADAPTUNE_DEBUG", "1")
+    with pytest.raises((FileNotFoundError, ValueError)):
+        main(args)
