@@ -21,7 +21,6 @@ from torch import nn
 
 from . import __version__
 from .composition import Fuse
-from .distributed import _is_dtensor
 from .io import (
     _atomic_dir_write,
     _copy_head,
@@ -138,35 +137,13 @@ def fusion_value_loss(model: nn.Module, name: str) -> torch.Tensor:
     return torch.stack([m.value_distance() for m in fusion_modules(model, name).values()]).sum()
 
 
-def _value_distance(m: Fusion) -> torch.Tensor:
-    """``||W_v - I||²`` of one fusion layer, also when FSDP2 has sharded ``W_v`` (outside its block's forward the
-    weight is a DTensor). Then each rank differentiates its own rows, so the gradient lands on its shard where FSDP
-    adds the reduced task gradient, and the value is made the global sum so the logged loss matches one process."""
-    w = m.value.weight if m.value is not None else None
-    if w is None or not _is_dtensor(w):
-        return m.value_distance()
-    import torch.distributed as dist
-    from torch.distributed.tensor import Shard
-
-    if tuple(w.placements) != (Shard(0),):
-        raise RuntimeError(f"adaptune: fusion value weight sharded as {w.placements}; expected rows (Shard(0))")
-    local = w.to_local()
-    rows = -(-w.shape[0] // w.device_mesh.size())  # torch.chunk sizes, as FSDP2 shards: ceil(d / world)
-    start = w.device_mesh.get_local_rank() * rows
-    eye = torch.eye(w.shape[0], w.shape[1], device=local.device, dtype=local.dtype)[start : start + local.shape[0]]
-    part = (local - eye).pow(2).sum()
-    total = part.detach().clone()
-    dist.all_reduce(total, group=w.device_mesh.get_group())
-    return part + (total - part.detach())
-
-
 def _regularise(layers: list[Fusion], weight: float, module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
     # Added only while training and only where the host computed a loss (labels given).
     if not module.training or weight == 0:
         return None
 
     def term() -> torch.Tensor:  # computed only when there is a loss to add it to
-        return weight * torch.stack([_value_distance(m) for m in layers]).sum()
+        return weight * torch.stack([m.value_distance() for m in layers]).sum()
 
     if hasattr(output, "loss") and output.loss is not None:
         output.loss = output.loss + term()

@@ -206,8 +206,32 @@ class Fusion(nn.Module):
         """||W_v - I||² (0 for a static fusion): the regulariser that keeps the value map near identity."""
         if self.value is None:
             return self.query.weight.new_zeros(())
-        eye = torch.eye(self.width, device=self.value.weight.device, dtype=self.value.weight.dtype)
-        return (self.value.weight - eye).pow(2).sum()
+        w = self.value.weight
+        from .distributed import _is_dtensor
+
+        if _is_dtensor(w):
+            return _sharded_distance_to_identity(w)
+        eye = torch.eye(self.width, device=w.device, dtype=w.dtype)
+        return (w - eye).pow(2).sum()
 
     def extra_repr(self) -> str:
         return f"width={self.width}, static={self.value is None}"
+
+
+def _sharded_distance_to_identity(w: torch.Tensor) -> torch.Tensor:
+    """``||W - I||²`` of a row-sharded DTensor (FSDP2 shards ``W_v`` outside its block's forward). Each rank
+    differentiates its own rows, so the gradient lands on its shard where FSDP adds the reduced task gradient;
+    the value is the global sum, so a loss that includes it matches one process."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import Shard
+
+    if tuple(w.placements) != (Shard(0),):
+        raise RuntimeError(f"adaptune: fusion value weight sharded as {w.placements}; expected rows (Shard(0))")
+    local = w.to_local()
+    rows = -(-w.shape[0] // w.device_mesh.size())  # torch.chunk sizes, as FSDP2 shards: ceil(d / world)
+    start = w.device_mesh.get_local_rank() * rows
+    eye = torch.eye(w.shape[0], w.shape[1], device=local.device, dtype=local.dtype)[start : start + local.shape[0]]
+    part = (local - eye).pow(2).sum()
+    total = part.detach().clone()
+    dist.all_reduce(total, group=w.device_mesh.get_group())
+    return part + (total - part.detach())

@@ -156,9 +156,10 @@ def run_training(cfg: RunConfig) -> RunResult:
             history = list(state["history"])
             _log(f"resumed from {state['folder']} at step {step}")
 
-    def checkpoint(rng: dict[str, Any] | None = None) -> Path:
+    def checkpoint(rng: dict[str, Any] | None = None, weights: dict[str, torch.Tensor] | None = None) -> Path:
         # Under FSDP the gathers are collectives: every rank takes part, rank 0 writes.
-        weights, optim = gather_trainable(model), optimizer_state(model, opt, cfg.strategy)
+        weights = gather_trainable(model) if weights is None else weights
+        optim = optimizer_state(model, opt, cfg.strategy)
         state = {
             "optimizer": optim, "scheduler": sched.state_dict(), "rng": rng or rng_state(),
             "step": step, "epoch": epoch, "cursor": cursor, "history": history,
@@ -220,9 +221,9 @@ def run_training(cfg: RunConfig) -> RunResult:
         _log(f"interrupted: checkpoint saved at {folder}; continue with --resume")
         raise
     bar.close()
-    checkpoint()
-    if fsdp:  # gather the trained tensors, then rank 0 carries on alone with a plain model
-        trained = gather_trainable(model)
+    trained = gather_trainable(model)  # one gather serves the last checkpoint and, under FSDP, the rebuild
+    checkpoint(weights=trained)
+    if fsdp:  # rank 0 carries on alone with a plain model
         job.barrier()
         job.close()
         if not job.main:
