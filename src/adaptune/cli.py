@@ -15,40 +15,31 @@ from typing import Any
 
 from . import __version__
 from .config import ACTIVATIONS, PLACEMENTS, AdapterConfig
+from .distributed import STRATEGIES
 
 __all__ = ["adapter_config_from_args", "build_parser", "main"]
 
 TASK_FILE = "task.json"  # written beside a saved adapter: task, labels, model, max_length
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+def _checked(convert: Any, ok: Any, expected: str) -> Any:
+    """An argparse ``type=`` that converts, checks ``ok(value)`` and otherwise says what was expected."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):  # NaN fails every comparison, so it is refused too
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
-    return value
+_positive_int = _checked(int, lambda v: v >= 1, "an integer >= 1")
+_positive_float = _checked(float, lambda v: v > 0, "a number > 0")
+_probability = _checked(float, lambda v: 0 <= v < 1, "a probability in [0, 1)")
 
 
 def _add_adapter_options(p: argparse.ArgumentParser) -> None:
@@ -113,7 +104,7 @@ def _add_run_options(t: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     g.add_argument("--exec-tests", action="store_true", help="code data: run generated code for pass@1")
     g.add_argument(
-        "--strategy", choices=("ddp", "fsdp"), default="ddp",
+        "--strategy", choices=STRATEGIES, default="ddp",
         help="under torchrun / accelerate launch: replicate the model (ddp) or shard it (fsdp)",
     )  # fmt: skip
     g.add_argument(

@@ -50,6 +50,10 @@ def measured(jobs: list[dict[str, Any]], kind: str, cand: str, ref: str | None, 
     return None
 
 
+def _ratio(r: dict[str, Any]) -> str:
+    return f"{r['ratio']:.3f} ({r['ratio_min']:.2f}–{r['ratio_max']:.2f})"
+
+
 def _size(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
@@ -93,13 +97,13 @@ def _markdown(results: dict[str, Any]) -> str:
                       "| config | library | reference | s/step | reference s/step | ratio (min–max) |",
                       "|---|---|---|---|---|---|"]  # fmt: skip
             lines += [f"| {r['cand']} | {_library(r['cand'])} | {r['ref']} | {r['cand_s']:.3f} | {r['ref_s']:.3f} | "
-                      f"{r['ratio']:.3f} ({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) |" for r in train]  # fmt: skip
+                      f"{_ratio(r)} |" for r in train]  # fmt: skip
         if infer:
             lines += ["", "Inference (eval, no grad):", "",
                       "| setup | library | batch | reference | s/batch | ratio (min–max) |",
                       "|---|---|---|---|---|---|"]  # fmt: skip
             lines += [f"| {r['cand']} | {_library(r['cand'])} | {r['batch']} | {r['ref']} | {r['cand_s']:.4f} | "
-                      f"{r['ratio']:.3f} ({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) |" for r in infer]  # fmt: skip
+                      f"{_ratio(r)} |" for r in infer]  # fmt: skip
         if mem:
             lines += ["", "Memory (3 training steps, one configuration per process) and size:", "",
                       "| config | library | peak RSS MB | vs full FT | after load MB | trainable params | saved |",
