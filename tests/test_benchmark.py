@@ -78,3 +78,20 @@ def test_append_keeps_earlier_rows_and_replaces_remeasured_ones(tmp_path: Path) 
     assert "skipped" in results["jobs"][1] and results["jobs"][1]["ref"] == "ah_seq_bn"  # replaced in place
     md = (tmp_path / "results.md").read_text()
     assert "Rows added or re-measured later with --append" in md and "| pfeiffer | adaptune | full |" in md
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--adapters-python", "/nowhere/python"], "--adapters-python /nowhere/python: no such interpreter"),
+        (["--pairs", "0"], "--pairs and --threads must be >= 1"),
+        (["--render"], "results.json: missing (run the benchmark first)"),
+    ],
+)
+def test_bad_bench_arguments_get_one_error_line(
+    extra: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "--out", str(tmp_path / "b"), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("adaptune: error: ") and needle in err[0]
+    assert not (tmp_path / "b").exists()  # nothing written
