@@ -23,7 +23,7 @@ CASES = ["bert_seq_bn", "bert_double_seq_bn", "bert_par_bn", "bert_scaled_par_bn
 
 def export(out: Path) -> None:
     sys.path.insert(0, str(ROOT.parents[2]))
-    from adaptune.interop import load_adapterhub, save_adapterhub
+    from adaptune.formats.adapterhub import load_adapterhub, save_adapterhub
     from tests.adapterhub_cases import build_base, load_case
 
     for name in CASES:

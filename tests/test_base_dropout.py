@@ -10,8 +10,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 
 import adaptune
 from adaptune import AdapterConfig
-from adaptune.base_dropout import base_dropout_modules
 from adaptune.cli import main
+from adaptune.core.base_dropout import base_dropout_modules
 
 
 def bert() -> torch.nn.Module:

@@ -84,7 +84,7 @@ def test_resume_continues_where_interrupted(assets: dict[str, Path], tmp_path: P
     assert main(train_args(assets, full, "--max-steps", "6", "--save-every", "2", "--adapter-dropout", "0.1")) == 0
 
     cut = tmp_path / "cut"
-    import adaptune.train as train_mod
+    import adaptune.training.run as train_mod
 
     real = train_mod._encode
     calls = {"n": 0}
@@ -172,7 +172,7 @@ def test_eval_on_a_held_out_file(assets: dict[str, Path], tmp_path: Path, capsys
 
 @pytest.mark.slow
 def test_real_minilm_on_rotten_tomatoes(tmp_path: Path, capsys) -> None:
-    from adaptune.builtin_data import builtin_available
+    from adaptune.training.data.builtin import builtin_available
 
     from .test_minilm import minilm_dir
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from adaptune.codeexec import pass_at_1, truncate_completion
-from adaptune.data import Example
+from adaptune.training.codeexec import pass_at_1, truncate_completion
+from adaptune.training.data.datasets import Example
 
 PROBLEM = Example(
     text='def add(a, b):\n    """Return a + b."""\n',

@@ -13,7 +13,7 @@ from torch import nn
 
 import adaptune
 from adaptune import AdapterConfig, Average, Fuse, PerExample, Stack
-from adaptune.composition import from_dict, parse, to_dict
+from adaptune.core.composition import from_dict, parse, to_dict
 
 from .conftest import tiny_bert_classifier
 from .test_model import logits, randomize
@@ -247,7 +247,7 @@ def test_no_state_changes_inside_forward() -> None:
     def snapshot() -> dict[str, object]:
         state = {k: v.clone() for k, v in model.state_dict().items()}
         for name, m in model.named_modules():
-            if isinstance(m, adaptune.slot.AdapterSlot):
+            if isinstance(m, adaptune.core.slot.AdapterSlot):
                 state[name] = (m.active, m.skip, m.drop_prob, m._pending_input)
         return state
 

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import adaptune.builtin_data as bd
-from adaptune.builtin_data import BUILTIN_DATASETS, builtin_available, load_builtin
-from adaptune.data import (
+import adaptune.training.data.builtin as bd
+from adaptune.training.data.builtin import BUILTIN_DATASETS, builtin_available, load_builtin
+from adaptune.training.data.datasets import (
     MAX_FIELD_CHARS,
     DataError,
     Dataset,

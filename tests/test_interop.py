@@ -9,7 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaptune.interop import is_adapterhub_folder, load_adapterhub, load_adapterhub_head, load_adapterhub_setup
+from adaptune.formats.adapterhub import (
+    is_adapterhub_folder,
+    load_adapterhub,
+    load_adapterhub_head,
+    load_adapterhub_setup,
+)
 
 from .adapterhub_cases import ROOT, build_base, case_names, load_case
 

@@ -150,7 +150,7 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     before = (folder / "adapter.safetensors").read_bytes()
     randomize(model, "sst", seed=5)
 
-    import adaptune.io as io
+    import adaptune.formats.native as io
 
     def boom(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
@@ -198,5 +198,5 @@ def test_new_slots_join_the_active_set(bert: torch.nn.Module) -> None:
     adaptune.add_adapter(bert, "a", AdapterConfig(layers="0-1"))
     adaptune.add_adapter(bert, "b", AdapterConfig(layers="2-3"), activate=False)
     assert adaptune.active_adapters(bert) == ["a"]
-    slots = [m for m in bert.modules() if isinstance(m, adaptune.slot.AdapterSlot)]
+    slots = [m for m in bert.modules() if isinstance(m, adaptune.core.slot.AdapterSlot)]
     assert all(s.active == "a" for s in slots)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from adaptune import report
-from adaptune.report import (
+from adaptune.training import report
+from adaptune.training.report import (
     markdown_table,
     pareto_front,
     plot_curves,

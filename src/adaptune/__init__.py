@@ -9,24 +9,24 @@ Quick start::
     adaptune.load_adapter(other_model, "out/sentiment")
 """
 
-__version__ = "0.1.0"
-
-from .base_dropout import set_base_dropout
-from .composition import Average, Fuse, PerExample, Stack
-from .config import AdapterConfig, parse_layers
-from .fusion import (
+from .version import __version__  # noqa: I001 (first: every layer reads it)
+from . import methods  # noqa: F401 (registers the adapter methods with the core)
+from .core.base_dropout import set_base_dropout
+from .core.composition import Average, Fuse, PerExample, Stack
+from .core.config import AdapterConfig, parse_layers
+from .methods.fusion import (
+    Fusion,
     add_fusion,
     average_adapters,
     delete_fusion,
     fusion_modules,
     fusion_value_loss,
     list_fusions,
-    load_fusion,
-    save_fusion,
     train_fusion,
 )
-from .io import fingerprint, load_adapter, save_adapter
-from .model import (
+from .formats.fusion import load_fusion, save_fusion
+from .formats.native import fingerprint, load_adapter, save_adapter
+from .core.model import (
     DEFAULT_HEADS,
     ParamSummary,
     Plan,
@@ -46,8 +46,8 @@ from .model import (
     train_adapter,
     trainable_summary,
 )
-from .modules import Bottleneck, Fusion
-from .placement import Block, Target, find_blocks, find_targets
+from .methods.bottleneck import Bottleneck
+from .core.placement import Block, Target, find_blocks, find_targets
 
 __all__ = [
     "DEFAULT_HEADS",

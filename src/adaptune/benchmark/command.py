@@ -13,10 +13,11 @@ __all__ = ["add_bench_parser", "run_bench"]
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser(
-        "bench", help="speed / memory side by side with full FT, peft and AdapterHub (results to files)",
+        "bench",
+        help="speed / memory side by side with full FT, peft and AdapterHub (results to files)",
         description="Paired step-time ratios, peak memory, trainable parameters and saved sizes; each "
         "measurement in its own process. Takes ~25 minutes on 2 CPU cores; `make bench` sets up both venvs.",
-    )  # fmt: skip
+    )
     b.add_argument("--out", default="bench/results", help="folder for results.json, results.md, bench.png")
     b.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
     b.add_argument("--pairs", type=int, default=10, help="measured A/B pairs per timing (after the warm-up)")
@@ -44,8 +45,16 @@ def run_bench(a: argparse.Namespace) -> int:
         return 0
     if a.adapters_python and not Path(a.adapters_python).is_file():
         raise FileNotFoundError(f"--adapters-python {a.adapters_python}: no such interpreter")
-    o = Options(out=Path(a.out), sections=tuple(a.only), pairs=a.pairs, warmup=a.warmup, threads=a.threads,
-                adapters_python=a.adapters_python, quick=a.quick, append=a.append)  # fmt: skip
+    o = Options(
+        out=Path(a.out),
+        sections=tuple(a.only),
+        pairs=a.pairs,
+        warmup=a.warmup,
+        threads=a.threads,
+        adapters_python=a.adapters_python,
+        quick=a.quick,
+        append=a.append,
+    )
     run_suite(o, log=lambda msg: print(f"adaptune: {msg}", file=sys.stderr, flush=True))
     print(f"results: {o.out / 'results.md'}")
     return 0

@@ -45,8 +45,19 @@ def _job(kind: str, cand: str, ref: str | None, model: str, bs: int, length: int
     where = "adapters" if cand.startswith("ah_") or (ref or "").startswith("ah_") or extra.pop("ah", False) else "main"
     # An inference pair is ~10x cheaper than a training pair and the effects sought are a few percent: 3x the pairs.
     pairs = o.pairs * 3 if kind == "infer" else o.pairs
-    return {"kind": kind, "cand": cand, "ref": ref, "model": model, "batch": bs, "length": length,
-            "pairs": pairs, "warmup": o.warmup, "threads": o.threads, "venv": where, **extra}  # fmt: skip
+    return {
+        "kind": kind,
+        "cand": cand,
+        "ref": ref,
+        "model": model,
+        "batch": bs,
+        "length": length,
+        "pairs": pairs,
+        "warmup": o.warmup,
+        "threads": o.threads,
+        "venv": where,
+        **extra,
+    }
 
 
 def jobs(o: Options) -> list[dict[str, Any]]:
@@ -108,8 +119,11 @@ def _key(job: dict[str, Any]) -> tuple[Any, ...]:
 def run_suite(o: Options, log: Any = print) -> dict[str, Any]:
     """Run every job, write the outputs under ``o.out``, and return the results."""
     todo = jobs(o)
-    results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "options": {
-        "pairs": o.pairs, "warmup": o.warmup, "threads": o.threads, "quick": o.quick}, "jobs": []}  # fmt: skip
+    results: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "options": {"pairs": o.pairs, "warmup": o.warmup, "threads": o.threads, "quick": o.quick},
+        "jobs": [],
+    }
     old = o.out / "results.json"
     if o.append and old.is_file():
         results = json.loads(old.read_text(encoding="utf-8"))

@@ -33,8 +33,11 @@ def _ok(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _memory_ratio(jobs: list[dict[str, Any]], r: dict[str, Any]) -> float | None:
     """Peak RSS over full fine-tuning's peak in the same venv and model."""
-    full = [j for j in _ok(jobs) if j["kind"] == "memory" and j["cand"] == "full" and j["model"] == r["model"]
-            and j["venv"] == r["venv"]]  # fmt: skip
+    full = [
+        j
+        for j in _ok(jobs)
+        if j["kind"] == "memory" and j["cand"] == "full" and j["model"] == r["model"] and j["venv"] == r["venv"]
+    ]
     return r["peak_rss_mb"] / full[0]["peak_rss_mb"] if full else None
 
 
@@ -72,8 +75,11 @@ def _label(r: dict[str, Any]) -> str:
 def _markdown(results: dict[str, Any]) -> str:
     jobs = results["jobs"]
     o = results["options"]
-    lines = [f"Benchmark started {results['started']}; {o['threads']} threads, fp32, warm-up {o['warmup']} pairs, "
-             f"median of {o['pairs']} paired steps (A B A B ...); each row its own process.", ""]  # fmt: skip
+    lines = [
+        f"Benchmark started {results['started']}; {o['threads']} threads, fp32, warm-up {o['warmup']} pairs, "
+        f"median of {o['pairs']} paired steps (A B A B ...); each row its own process.",
+        "",
+    ]
     if results.get("appended"):
         lines += [f"Rows added or re-measured later with --append: {', '.join(results['appended'])}.", ""]
     versions = next((r["versions"] for r in _ok(jobs) if r.get("venv") == "main" and "versions" in r), {})
@@ -93,21 +99,38 @@ def _markdown(results: dict[str, Any]) -> str:
         shape = f"batch {(train or infer or mem)[0]['batch']} × {(train or infer or mem)[0]['length']}"
         lines += ["", f"## {model}", ""]
         if train:
-            lines += [f"Training step (forward + backward + AdamW), {shape}:", "",
-                      "| config | library | reference | s/step | reference s/step | ratio (min–max) |",
-                      "|---|---|---|---|---|---|"]  # fmt: skip
-            lines += [f"| {r['cand']} | {_library(r['cand'])} | {r['ref']} | {r['cand_s']:.3f} | {r['ref_s']:.3f} | "
-                      f"{_ratio(r)} |" for r in train]  # fmt: skip
+            lines += [
+                f"Training step (forward + backward + AdamW), {shape}:",
+                "",
+                "| config | library | reference | s/step | reference s/step | ratio (min–max) |",
+                "|---|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {r['cand']} | {_library(r['cand'])} | {r['ref']} | {r['cand_s']:.3f} | {r['ref_s']:.3f} | "
+                f"{_ratio(r)} |"
+                for r in train
+            ]
         if infer:
-            lines += ["", "Inference (eval, no grad):", "",
-                      "| setup | library | batch | reference | s/batch | ratio (min–max) |",
-                      "|---|---|---|---|---|---|"]  # fmt: skip
-            lines += [f"| {r['cand']} | {_library(r['cand'])} | {r['batch']} | {r['ref']} | {r['cand_s']:.4f} | "
-                      f"{_ratio(r)} |" for r in infer]  # fmt: skip
+            lines += [
+                "",
+                "Inference (eval, no grad):",
+                "",
+                "| setup | library | batch | reference | s/batch | ratio (min–max) |",
+                "|---|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {r['cand']} | {_library(r['cand'])} | {r['batch']} | {r['ref']} | {r['cand_s']:.4f} | "
+                f"{_ratio(r)} |"
+                for r in infer
+            ]
         if mem:
-            lines += ["", "Memory (3 training steps, one configuration per process) and size:", "",
-                      "| config | library | peak RSS MB | vs full FT | after load MB | trainable params | saved |",
-                      "|---|---|---|---|---|---|---|"]  # fmt: skip
+            lines += [
+                "",
+                "Memory (3 training steps, one configuration per process) and size:",
+                "",
+                "| config | library | peak RSS MB | vs full FT | after load MB | trainable params | saved |",
+                "|---|---|---|---|---|---|---|",
+            ]
             for r in mem:
                 ratio = _memory_ratio(jobs, r)
                 lines.append(
@@ -127,13 +150,25 @@ def _plot(results: dict[str, Any], path: Path) -> None:
 
     jobs = _ok(results["jobs"])
     panels = [
-        ("training step / full FT (MiniLM)", [r for r in jobs if r["kind"] == "train" and r["ref"] == "full"
-                                              and r["model"] in ("minilm", "tiny")], "ratio", 0.55),
-        ("inference / base (MiniLM, batch 16)", [r for r in jobs if r["kind"] == "infer" and r["ref"] == "base"
-                                                 and r["batch"] in (16, 2)], "ratio", 1.02),
-        ("peak training RSS / full FT (MiniLM)", [r for r in jobs if r["kind"] == "memory"
-                                                  and r["model"] in ("minilm", "tiny")], "memory", 0.6),
-    ]  # fmt: skip
+        (
+            "training step / full FT (MiniLM)",
+            [r for r in jobs if r["kind"] == "train" and r["ref"] == "full" and r["model"] in ("minilm", "tiny")],
+            "ratio",
+            0.55,
+        ),
+        (
+            "inference / base (MiniLM, batch 16)",
+            [r for r in jobs if r["kind"] == "infer" and r["ref"] == "base" and r["batch"] in (16, 2)],
+            "ratio",
+            1.02,
+        ),
+        (
+            "peak training RSS / full FT (MiniLM)",
+            [r for r in jobs if r["kind"] == "memory" and r["model"] in ("minilm", "tiny")],
+            "memory",
+            0.6,
+        ),
+    ]
     colors = {"adaptune": "tab:blue", "peft": "tab:orange", "adapters": "tab:gray", "-": "black"}
     fig = Figure(figsize=(15, 6), layout="constrained")
     for ax, (title, rows, kind, bound) in zip(fig.subplots(1, 3), panels, strict=True):
@@ -153,14 +188,10 @@ def _plot(results: dict[str, Any], path: Path) -> None:
 
 def write_outputs(results: dict[str, Any], out: Path) -> None:
     """Write the three files atomically (temp file + rename)."""
-    from ..report import write_json_atomic
+    from ..util import atomic_write, write_json_atomic, write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", results)
-    tmp = out / ".results.md.tmp"
-    tmp.write_text(_markdown(results), encoding="utf-8")
-    tmp.replace(out / "results.md")
+    write_text_atomic(out / "results.md", _markdown(results))
     if _ok(results["jobs"]):
-        tmp_png = out / ".bench.tmp.png"
-        _plot(results, tmp_png)
-        tmp_png.replace(out / "bench.png")
+        atomic_write(out / "bench.png", lambda tmp: _plot(results, tmp))

@@ -54,9 +54,13 @@ def paired(job: dict[str, Any]) -> dict[str, Any]:
         b_times.append(steps[1]())
     ratios = [b / a for a, b in zip(a_times, b_times, strict=True)]
     return {
-        **job, "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-        "ref_s": statistics.median(a_times), "cand_s": statistics.median(b_times),
-    }  # fmt: skip
+        **job,
+        "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "ref_s": statistics.median(a_times),
+        "cand_s": statistics.median(b_times),
+    }
 
 
 def memory(job: dict[str, Any]) -> dict[str, Any]:
@@ -71,8 +75,14 @@ def memory(job: dict[str, Any]) -> dict[str, Any]:
     total = sum(p.numel() for p in model.parameters())
     with tempfile.TemporaryDirectory() as tmp:
         size = saved_bytes(model, job["cand"], tmp)
-    return {**job, "peak_rss_mb": peak, "loaded_rss_mb": loaded, "trainable_params": trainable,
-            "total_params": total, "saved_bytes": size}  # fmt: skip
+    return {
+        **job,
+        "peak_rss_mb": peak,
+        "loaded_rss_mb": loaded,
+        "trainable_params": trainable,
+        "total_params": total,
+        "saved_bytes": size,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

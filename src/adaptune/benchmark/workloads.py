@@ -28,11 +28,16 @@ def _load(model_name: str) -> nn.Module:
     torch.manual_seed(0)
     if model_name == "tiny":  # the benchmark's own smoke test: no weights needed
         cfg = AutoConfig.for_model(
-            "bert", vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=64, num_labels=2,
-        )  # fmt: skip
+            "bert",
+            vocab_size=1000,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=2,
+        )
         return AutoModelForSequenceClassification.from_config(cfg)
-    from ..assets import resolve_model
+    from ..training.assets import resolve_model
 
     path = resolve_model(model_name)
     if MODELS[model_name][0] == "causal-lm":

@@ -98,7 +98,7 @@ def wrap(model: nn.Module, d: Dist, strategy: str = "ddp") -> nn.Module:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        from .placement import find_blocks
+        from ..core.placement import find_blocks
 
         mesh = init_device_mesh(d.device.type, (d.world,))
         # Blocks first, root last: each block's parameters are gathered just before it runs and freed after,

@@ -22,7 +22,7 @@ from torch import nn
 
 from .config import AdapterConfig, parse_layers
 
-__all__ = ["ARCH_TABLE", "Block", "Target", "find_blocks", "find_targets", "linear_dims"]
+__all__ = ["ARCH_TABLE", "Block", "Target", "find_blocks", "find_targets", "is_adaptune_path", "linear_dims"]
 
 _ATTN = re.compile(r"attn|attention", re.IGNORECASE)
 
@@ -33,9 +33,22 @@ ARCH_TABLE: dict[str, dict[str, str]] = {}
 # Post-LN models: each sublayer ends in LN(x + h). Registration order cannot tell them from pre-LN models (BART and
 # mBART declare the same children), so the post-LN interop placements are limited to these model types.
 POST_LN_MODEL_TYPES: frozenset[str] = frozenset(
-    {"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "albert", "electra", "deberta", "deberta-v2",
-     "mpnet", "bart", "ernie", "xlm-roberta-xl"}
-)  # fmt: skip
+    {
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "camembert",
+        "distilbert",
+        "albert",
+        "electra",
+        "deberta",
+        "deberta-v2",
+        "mpnet",
+        "bart",
+        "ernie",
+        "xlm-roberta-xl",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +93,7 @@ def linear_dims(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
-def _is_ours(path: str) -> bool:
+def is_adaptune_path(path: str) -> bool:
     return path == "adapters" or path.endswith(".adapters") or ".adapters." in path
 
 
@@ -93,7 +106,7 @@ def find_blocks(model: nn.Module) -> list[Block]:
     lists: list[str] = []
     blocks: list[Block] = []
     for name, mod in model.named_modules():
-        if _is_ours(name) or not isinstance(mod, nn.ModuleList) or len(mod) == 0:
+        if is_adaptune_path(name) or not isinstance(mod, nn.ModuleList) or len(mod) == 0:
             continue
         if any(name.startswith(p + ".") for p in lists):
             continue  # nested inside a block list already taken (e.g. MoE experts, T5's inner layer list)
@@ -151,7 +164,7 @@ def _block_targets(block: Block, root: nn.Module, model_type: str | None) -> dic
     ffn_in: list[str] = []
     fused_sublayer: str | None = None
     for rel, sub in mod.named_modules():
-        if not rel or _is_ours(rel):
+        if not rel or is_adaptune_path(rel):
             continue
         group = _attention_group(rel)
         dims = linear_dims(sub)
@@ -249,7 +262,7 @@ def _explicit_targets(model: nn.Module, config: AdapterConfig, blocks: list[Bloc
     mode = "parallel" if config.placement == "parallel" else "output"
     targets: list[Target] = []
     for name, sub in model.named_modules():
-        if not name or _is_ours(name) or not any(_match(name, p) for p in config.target_modules):
+        if not name or is_adaptune_path(name) or not any(_match(name, p) for p in config.target_modules):
             continue
         block = next((b for b in blocks if name.startswith(b.path + ".")), None)
         dims = linear_dims(sub)
@@ -258,7 +271,7 @@ def _explicit_targets(model: nn.Module, config: AdapterConfig, blocks: list[Bloc
             raise ValueError(f"target_modules: cannot tell the output width of {name} ({type(sub).__name__})")
         targets.append(Target(block.index if block else -1, "custom", name, width, mode))  # type: ignore[arg-type]
     if not targets:
-        sample = [n for n, _ in model.named_modules() if n and not _is_ours(n)][:8]
+        sample = [n for n, _ in model.named_modules() if n and not is_adaptune_path(n)][:8]
         raise ValueError(
             f"target_modules={list(config.target_modules)} matched no module of {type(model).__name__} "
             f"(patterns are an exact name, a '.suffix' or a full regex; names look like {sample})"

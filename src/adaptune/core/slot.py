@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .composition import Average, Fuse, PerExample, Stack, adapter_names
-from .modules import Bottleneck, Fusion
+from .contract import AdapterModule, MixerModule
 
 __all__ = ["AdapterSlot"]
 
@@ -64,13 +64,13 @@ class AdapterSlot(nn.ModuleDict):
             handle.remove()
         self._handles = []
 
-    def adapters(self) -> dict[str, Bottleneck]:
+    def adapters(self) -> dict[str, AdapterModule]:
         """The adapters here (fusion layers excluded)."""
-        return {n: m for n, m in self.items() if isinstance(m, Bottleneck)}
+        return {n: m for n, m in self.items() if isinstance(m, AdapterModule)}
 
     def running(self) -> list[str]:
         """Names of the active adapters present in this slot."""
-        return [n for n in adapter_names(self.active) if isinstance(self._modules.get(n), Bottleneck)]
+        return [n for n in adapter_names(self.active) if isinstance(self._modules.get(n), AdapterModule)]
 
     def _modes(self) -> set[str]:
         """Modes of the active adapters here (empty: nothing runs in this slot)."""
@@ -128,7 +128,7 @@ class AdapterSlot(nn.ModuleDict):
             return h
         if isinstance(node, str):
             adapter = self._modules.get(node)
-            if not isinstance(adapter, Bottleneck):
+            if not isinstance(adapter, AdapterModule):
                 return h  # this adapter has no place here (e.g. other layers only)
             return adapter(self._adapter_input(adapter, h, x, norm), residual=h)
         if isinstance(node, Stack):
@@ -145,7 +145,7 @@ class AdapterSlot(nn.ModuleDict):
         raise TypeError(f"adaptune: unknown composition block {node!r}")
 
     @staticmethod
-    def _adapter_input(adapter: Bottleneck, h: torch.Tensor, x: torch.Tensor | None, norm: Any) -> torch.Tensor:
+    def _adapter_input(adapter: AdapterModule, h: torch.Tensor, x: torch.Tensor | None, norm: Any) -> torch.Tensor:
         if adapter.mode == "parallel":
             assert x is not None
             return x
@@ -154,11 +154,11 @@ class AdapterSlot(nn.ModuleDict):
         return h
 
     def _fuse(self, node: Fuse, h: torch.Tensor, x: torch.Tensor | None, norm: Any = None) -> torch.Tensor:
-        present = [c for c in node.children if isinstance(self._modules.get(c), Bottleneck)]
+        present = [c for c in node.children if isinstance(self._modules.get(c), AdapterModule)]
         fusion = self._modules.get(node.name)
         if not present:
             return h
-        if not isinstance(fusion, Fusion):
+        if not isinstance(fusion, MixerModule):
             raise RuntimeError(f"adaptune: no fusion layer {node.name!r} here; call add_fusion first")
         deltas = []
         for name in present:

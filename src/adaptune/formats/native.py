@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,9 +19,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import __version__
-from .config import AdapterConfig
-from .model import (
+from ..core.config import AdapterConfig
+from ..core.model import (
     DEFAULT_HEADS,
     adapter_config,
     adapter_modules,
@@ -33,13 +30,24 @@ from .model import (
     head_modules,
     set_active,
 )
-from .placement import find_blocks, find_targets
+from ..core.placement import find_blocks, find_targets
+from ..util import atomic_dir_write
+from ..version import __version__
+from .names import CONFIG_FILE, HEAD_FILE, WEIGHTS_FILE
 
-__all__ = ["CONFIG_FILE", "HEAD_FILE", "WEIGHTS_FILE", "fingerprint", "load_adapter", "save_adapter"]
+__all__ = [
+    "CONFIG_FILE",
+    "HEAD_FILE",
+    "WEIGHTS_FILE",
+    "copy_checked_tensor",
+    "copy_head",
+    "fingerprint",
+    "load_adapter",
+    "module_tensors",
+    "read_tensors",
+    "save_adapter",
+]
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter.safetensors"
-HEAD_FILE = "head.safetensors"
 FORMAT = "adaptune.adapter/1"
 
 
@@ -53,29 +61,6 @@ def fingerprint(model: nn.Module, targets: list[str]) -> dict[str, Any]:
         "widths": sorted({b.width for b in blocks}),
         "targets": list(targets),
     }
-
-
-def _atomic_dir_write(out_dir: Path, files: dict[str, Any]) -> None:
-    """Write ``files`` (name -> callable(path)) into ``out_dir`` so readers see the old or the new folder."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        for fname, write in files.items():
-            write(tmp / fname)
-        if out_dir.exists():
-            # Keep files we do not own (a README, a report); replace ours.
-            for extra in out_dir.iterdir():
-                if extra.name not in files and not (tmp / extra.name).exists():
-                    shutil.move(str(extra), tmp / extra.name)
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def module_tensors(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
@@ -104,7 +89,7 @@ def save_adapter(
         The folder path.
     """
     if format == "adapterhub":
-        from .interop import save_adapterhub
+        from .adapterhub import save_adapterhub
 
         return save_adapterhub(model, name, out_dir)
     if format != "adaptune":
@@ -128,7 +113,7 @@ def save_adapter(
     }
     if head_tensors:
         files[HEAD_FILE] = lambda p: save_file(head_tensors, str(p), metadata={"format": "pt"})
-    _atomic_dir_write(out, files)
+    atomic_dir_write(out, files)
     return out
 
 
@@ -149,7 +134,7 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing")
     try:
@@ -225,7 +210,7 @@ def load_adapter(
         FileNotFoundError: a file is missing. ValueError: bad JSON, a different base, wrong shapes or keys.
     """
     src = Path(folder)
-    from .interop import is_adapterhub_folder, load_adapterhub, load_adapterhub_head
+    from .adapterhub import is_adapterhub_folder, load_adapterhub, load_adapterhub_head
 
     if is_adapterhub_folder(src):  # saved by AdapterHub's `adapters`: convert on the fly
         name = load_adapterhub(model, src, name, activate=activate)
@@ -239,14 +224,14 @@ def load_adapter(
     if not isinstance(name, str):
         raise ValueError(f"{src / CONFIG_FILE}: field 'name' missing; pass name=")
     old_prefix, new_prefix = _check_base(model, config, meta["base"], src)
-    tensors = {_swap_prefix(k, old_prefix, new_prefix): v for k, v in _read_tensors(src / WEIGHTS_FILE).items()}
-    head_tensors = _read_tensors(src / HEAD_FILE) if load_head and (src / HEAD_FILE).exists() else {}
+    tensors = {_swap_prefix(k, old_prefix, new_prefix): v for k, v in read_tensors(src / WEIGHTS_FILE).items()}
+    head_tensors = read_tensors(src / HEAD_FILE) if load_head and (src / HEAD_FILE).exists() else {}
 
     add_adapter(model, name, config, activate=False)
     try:
         _copy_into(model, name, saved_name, tensors, src / WEIGHTS_FILE)
         if head_tensors:
-            _copy_head(model, head_tensors, src / HEAD_FILE)
+            copy_head(model, head_tensors, src / HEAD_FILE)
     except Exception:
         delete_adapter(model, name)  # never leave a half-loaded adapter behind
         raise
@@ -273,10 +258,10 @@ def _copy_into(model: nn.Module, name: str, saved_name: str, tensors: dict[str, 
         )
     with torch.no_grad():
         for key, target in expected.items():
-            _copy_tensor(target, tensors[key], key, src)
+            copy_checked_tensor(target, tensors[key], key, src)
 
 
-def _copy_tensor(target: torch.Tensor, value: torch.Tensor, key: str, src: Path) -> None:
+def copy_checked_tensor(target: torch.Tensor, value: torch.Tensor, key: str, src: Path) -> None:
     if tuple(value.shape) != tuple(target.shape):
         raise ValueError(f"{src}: tensor {key} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
     if not value.is_floating_point():
@@ -286,7 +271,7 @@ def _copy_tensor(target: torch.Tensor, value: torch.Tensor, key: str, src: Path)
     target.copy_(value.to(dtype=target.dtype, device=target.device))
 
 
-def _copy_head(model: nn.Module, tensors: dict[str, torch.Tensor], src: Path) -> None:
+def copy_head(model: nn.Module, tensors: dict[str, torch.Tensor], src: Path) -> None:
     state = {k: v for k, v in model.state_dict(keep_vars=True).items()}
     unknown = sorted(k for k in tensors if k not in state)
     if unknown:
@@ -303,4 +288,4 @@ def _copy_head(model: nn.Module, tensors: dict[str, torch.Tensor], src: Path) ->
             )
     with torch.no_grad():
         for key, value in tensors.items():
-            _copy_tensor(state[key], value, key, src)
+            copy_checked_tensor(state[key], value, key, src)

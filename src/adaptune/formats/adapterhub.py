@@ -24,10 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import AdapterConfig
-from .io import _copy_tensor
-from .model import adapter_modules, add_adapter, delete_adapter, set_active
-from .placement import find_blocks
+from ..core.config import AdapterConfig
+from ..core.model import adapter_modules, add_adapter, delete_adapter, set_active
+from ..core.placement import find_blocks
+from ..util import atomic_dir_write
+from .names import HUB_CONFIG, HUB_FUSION_CONFIG, HUB_HEAD_CONFIG, HUB_SETUP
+from .native import copy_checked_tensor
 
 __all__ = [
     "is_adapterhub_folder",
@@ -38,8 +40,16 @@ __all__ = [
     "to_adaptune_config",
 ]
 
-_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_new", "swish": "swish", "silu": "silu",
-                "tanh": "tanh", "linear": "identity", "identity": "identity"}  # fmt: skip
+_ACTIVATIONS = {
+    "relu": "relu",
+    "gelu": "gelu",
+    "gelu_new": "gelu_new",
+    "swish": "swish",
+    "silu": "silu",
+    "tanh": "tanh",
+    "linear": "identity",
+    "identity": "identity",
+}
 # Settings that must have these values (their defaults) for the math above to hold.
 _FIXED = {
     "original_ln_after": True,
@@ -55,7 +65,7 @@ _FIXED = {
 
 def is_adapterhub_folder(folder: str | Path) -> bool:
     """True for a folder written by AdapterHub's ``save_adapter`` (not by adaptune)."""
-    cfg = Path(folder) / "adapter_config.json"
+    cfg = Path(folder) / HUB_CONFIG
     if not cfg.is_file():
         return False
     try:
@@ -65,7 +75,7 @@ def is_adapterhub_folder(folder: str | Path) -> bool:
     return isinstance(meta, dict) and "format" not in meta and isinstance(meta.get("config"), dict)
 
 
-def to_adaptune_config(cfg: dict[str, Any], num_layers: int, source: str = "adapter_config.json") -> AdapterConfig:
+def to_adaptune_config(cfg: dict[str, Any], num_layers: int, source: str = HUB_CONFIG) -> AdapterConfig:
     """The AdapterConfig equivalent to an AdapterHub bottleneck config dict.
 
     Raises:
@@ -139,8 +149,13 @@ def _read_weights(folder: Path, stem: str) -> dict[str, torch.Tensor]:
     raise FileNotFoundError(f"{folder}: no {st.name} or {pt.name}")
 
 
-_PARAM = {"adapter_up.weight": "up.weight", "adapter_up.bias": "up.bias", "scaling": "scale",
-          "adapter_norm_after.weight": "norm_after.weight", "adapter_norm_after.bias": "norm_after.bias"}  # fmt: skip
+_PARAM = {
+    "adapter_up.weight": "up.weight",
+    "adapter_up.bias": "up.bias",
+    "scaling": "scale",
+    "adapter_norm_after.weight": "norm_after.weight",
+    "adapter_norm_after.bias": "norm_after.bias",
+}
 
 
 def _split_key(key: str) -> tuple[int, str, str, str] | None:
@@ -173,11 +188,11 @@ def _param_name(param: str, ln_before: bool) -> str | None:
 def load_adapterhub(model: nn.Module, folder: str | Path, name: str | None = None, *, activate: bool = True) -> str:
     """Load an AdapterHub adapter folder into ``model``; returns the adapter's name in the model."""
     src = Path(folder)
-    meta = json.loads((src / "adapter_config.json").read_text(encoding="utf-8"))
+    meta = json.loads((src / HUB_CONFIG).read_text(encoding="utf-8"))
     saved = meta.get("name", "adapter")
     name = name or saved
     blocks = find_blocks(model)
-    config = to_adaptune_config(meta["config"], len(blocks), str(src / "adapter_config.json"))
+    config = to_adaptune_config(meta["config"], len(blocks), str(src / HUB_CONFIG))
     hidden = meta.get("hidden_size")
     if hidden is not None and hidden not in {b.width for b in blocks}:
         raise ValueError(f"{src}: adapter is for hidden size {hidden}, the model's blocks are {blocks[0].width} wide")
@@ -201,7 +216,7 @@ def load_adapterhub(model: nn.Module, folder: str | Path, name: str | None = Non
             target = f"{by_place[(layer, location)]}.{ours}"
             value = value.reshape(()) if ours == "scale" else value
             with torch.no_grad():
-                _copy_tensor(state[target], value, key, src)
+                copy_checked_tensor(state[target], value, key, src)
             filled.add(target)
         missing = sorted(k for k in set(state) - filled if not k.endswith(".scale"))
         if missing:
@@ -216,7 +231,7 @@ def load_adapterhub(model: nn.Module, folder: str | Path, name: str | None = Non
 
 def _setup_from(node: Any, source: str) -> Any:
     """An adaptune composition from AdapterHub's ``adapter_setup.json`` tree."""
-    from .composition import Fuse, Stack
+    from ..core.composition import Fuse, Stack
 
     kind = node.get("type") if isinstance(node, dict) else None
     children = node.get("children", []) if isinstance(node, dict) else []
@@ -234,11 +249,11 @@ def _setup_from(node: Any, source: str) -> Any:
 
 def load_adapterhub_setup(model: nn.Module, folder: str | Path, *, activate: bool = True) -> Any:
     """Load a folder written by AdapterHub's ``save_adapter_setup`` (adapters, fusion layers) and activate it."""
-    from .composition import Fuse, adapter_names
-    from .fusion import add_fusion, fusion_modules
+    from ..core.composition import Fuse, adapter_names
+    from ..methods.fusion import add_fusion, fusion_modules
 
     src = Path(folder)
-    cfg = src / "adapter_setup.json"
+    cfg = src / HUB_SETUP
     meta = json.loads(cfg.read_text(encoding="utf-8"))
     setup = _setup_from(meta.get("adapter_setup"), str(cfg))
     for name in adapter_names(setup):
@@ -246,13 +261,19 @@ def load_adapterhub_setup(model: nn.Module, folder: str | Path, *, activate: boo
     fuses = [setup] if isinstance(setup, Fuse) else [c for c in getattr(setup, "children", ()) if isinstance(c, Fuse)]
     for fuse in fuses:
         fdir = src / ",".join(fuse.children)
-        fmeta = json.loads((fdir / "adapter_fusion_config.json").read_text(encoding="utf-8"))
+        fmeta = json.loads((fdir / HUB_FUSION_CONFIG).read_text(encoding="utf-8"))
         fcfg = fmeta.get("config", {})
-        for key, ok in (("temperature", False), ("query_before_ln", False), ("residual_before", False),
-                        ("value_before_softmax", True), ("query", True), ("key", True)):  # fmt: skip
+        for key, ok in (
+            ("temperature", False),
+            ("query_before_ln", False),
+            ("residual_before", False),
+            ("value_before_softmax", True),
+            ("query", True),
+            ("key", True),
+        ):
             if fcfg.get(key, ok) != ok:
                 raise ValueError(
-                    f"{fdir / 'adapter_fusion_config.json'}: fusion setting {key}={fcfg.get(key)!r} is not supported"
+                    f"{fdir / HUB_FUSION_CONFIG}: fusion setting {key}={fcfg.get(key)!r} is not supported"
                 )
         add_fusion(model, list(fuse.children), fuse.name, static=not fcfg.get("value", True), activate=False)
         tensors = _read_weights(fdir, "model_adapter_fusion")
@@ -286,7 +307,7 @@ def load_adapterhub_head(model: nn.Module, folder: str | Path) -> None:
     ``classifier.dense`` + ``classifier.out_proj``.
     """
     src = Path(folder)
-    meta = json.loads((src / "head_config.json").read_text(encoding="utf-8"))
+    meta = json.loads((src / HUB_HEAD_CONFIG).read_text(encoding="utf-8"))
     cfg = meta.get("config", {})
     if cfg.get("head_type") != "classification" or cfg.get("layers") != 2 or cfg.get("activation_function") != "tanh":
         raise ValueError(f"{src / 'head_config.json'}: only 2-layer tanh classification heads are supported")
@@ -323,8 +344,7 @@ def save_adapterhub(model: nn.Module, name: str, out_dir: str | Path) -> Path:
     """
     from safetensors.torch import save_file
 
-    from .io import _atomic_dir_write
-    from .model import adapter_config, adapter_targets
+    from ..core.model import adapter_config, adapter_targets
 
     cfg = adapter_config(model, name)
     if cfg.gate or cfg.target_modules:
@@ -347,13 +367,24 @@ def save_adapterhub(model: nn.Module, name: str, out_dir: str | Path) -> Path:
     act = {"identity": "linear", "gelu_tanh": "gelu_new", "silu": "swish"}.get(cfg.activation, cfg.activation)
     used = {t for t in (_layer_of(p) for p in adapter_targets(model, name))}
     hub = {
-        **kinds[cfg.placement], "reduction_factor": width // size, "non_linearity": act, "original_ln_after": True,
-        "ln_before": cfg.layer_norm_before, "ln_after": cfg.layer_norm_after, "init_weights": "bert",
-        "scaling": "learned" if cfg.learn_scaling else float(cfg.scaling), "use_gating": False,
-        "residual_before_ln": True, "adapter_residual_before_ln": False, "dropout": cfg.dropout,
-        "leave_out": [b.index for b in blocks if b.index not in used], "phm_layer": False, "inv_adapter": None,
-        "cross_adapter": False, "stochastic_depth": 0.0,
-    }  # fmt: skip
+        **kinds[cfg.placement],
+        "reduction_factor": width // size,
+        "non_linearity": act,
+        "original_ln_after": True,
+        "ln_before": cfg.layer_norm_before,
+        "ln_after": cfg.layer_norm_after,
+        "init_weights": "bert",
+        "scaling": "learned" if cfg.learn_scaling else float(cfg.scaling),
+        "use_gating": False,
+        "residual_before_ln": True,
+        "adapter_residual_before_ln": False,
+        "dropout": cfg.dropout,
+        "leave_out": [b.index for b in blocks if b.index not in used],
+        "phm_layer": False,
+        "inv_adapter": None,
+        "cross_adapter": False,
+        "stochastic_depth": 0.0,
+    }
     prefix = getattr(model, "base_model_prefix", "")
     tensors: dict[str, torch.Tensor] = {}
     for path, module in modules.items():
@@ -377,14 +408,23 @@ def save_adapterhub(model: nn.Module, name: str, out_dir: str | Path) -> Path:
                 tensors[f"{base}.adapter_norm_after.{k}"] = state[f"norm_after.{k}"]
         if cfg.learn_scaling:
             tensors[f"{base}.scaling"] = state["scale"].reshape(1)
-    meta = {"config": hub, "hidden_size": width, "model_class": type(model).__name__, "model_name": None,
-            "model_type": getattr(getattr(model, "config", None), "model_type", None), "name": name,
-            "version": "adapters.1.3.0"}  # fmt: skip
+    meta = {
+        "config": hub,
+        "hidden_size": width,
+        "model_class": type(model).__name__,
+        "model_name": None,
+        "model_type": getattr(getattr(model, "config", None), "model_type", None),
+        "name": name,
+        "version": "adapters.1.3.0",
+    }
     # clone: the ln_before weights are written under two names, and safetensors refuses shared storage
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
     out = Path(out_dir)
-    _atomic_dir_write(out, {
-        "adapter.safetensors": lambda p: save_file(tensors, str(p), metadata={"format": "pt"}),
-        "adapter_config.json": lambda p: p.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8"),
-    })  # fmt: skip
+    atomic_dir_write(
+        out,
+        {
+            "adapter.safetensors": lambda p: save_file(tensors, str(p), metadata={"format": "pt"}),
+            HUB_CONFIG: lambda p: p.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8"),
+        },
+    )
     return out

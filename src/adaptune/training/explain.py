@@ -19,9 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import Example
-from .modules import Bottleneck, Fusion
-from .slot import AdapterSlot
+from ..core.slot import AdapterSlot
+from ..methods.bottleneck import Bottleneck
+from ..methods.fusion import Fusion
+from .data.example import Example
 
 __all__ = ["collect", "explain"]
 
@@ -180,13 +181,22 @@ def explain(
             tag = "mean" if group == "all" else f"class {group}"
             path = out / ("fusion_attention.png" if group == "all" else f"fusion_attention_{group}.png")
             images[f"fusion attention ({tag})"] = plot_heatmap(
-                matrix, path, row_labels=[f"layer {x}" for x in layers], col_labels=cols,
+                matrix,
+                path,
+                row_labels=[f"layer {x}" for x in layers],
+                col_labels=cols,
                 title=f"fusion attention, {tag}",
-            )  # fmt: skip
+            )
             tables[f"fusion attention ({tag})"] = [
                 {"layer": layer, **dict(zip(cols, row, strict=True))}
                 for layer, row in zip(layers, matrix, strict=True)
             ]
     metrics = {"examples": len(examples), "plots": len(images)}
-    return write_report(out, title="adaptune explain", config={"examples": len(examples)}, metrics=metrics,
-                        tables=tables, images=images)  # fmt: skip
+    return write_report(
+        out,
+        title="adaptune explain",
+        config={"examples": len(examples)},
+        metrics=metrics,
+        tables=tables,
+        images=images,
+    )

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import Example
+from .data.example import Example
 
 __all__ = ["TASKS", "LmEncoder", "batches", "classification_metrics", "load_model", "qa_metrics"]
 

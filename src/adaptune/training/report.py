@@ -12,11 +12,12 @@ import json
 import math
 import numbers
 import os
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ..util import atomic_write, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -35,37 +36,6 @@ _LOSS_KEYS = ("train_loss", "eval_loss")
 # Throughput/timing entries share the eval_ prefix but are not quality metrics; plotting them beside accuracy
 # would squash its axis.
 _NOT_METRICS = ("_runtime", "_per_second")
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a fresh temporary path beside ``path``, then move it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A hidden, uniquely named sibling: same filesystem (so os.replace is atomic) and created by the writer with
-    # the normal umask, unlike tempfile.mkstemp's 0600.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    _write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def _to_json(data: Any) -> str:
-    # default=str so configs holding Paths or dtypes still serialise instead of failing at the end of a run.
-    return json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as UTF-8 JSON (indent 2, insertion order) via a temporary sibling file and ``os.replace``.
-
-    Non-JSON values (e.g. ``Path``) are written as ``str(value)``; the parent folder is created if missing.
-    """
-    _write_text_atomic(Path(path), _to_json(data))
 
 
 def _cell(value: Any, floatfmt: str) -> str:
@@ -113,7 +83,7 @@ def _new_figure(figsize: tuple[float, float] = (6, 4)) -> Figure:
 def _save_figure(fig: Figure, out_png: Path) -> Path:
     out_png = Path(out_png)
     fig.tight_layout()
-    _write_atomic(out_png, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png"))
     fig.clear()  # drop artists now; no pyplot registry holds the figure, so it is freed with its last reference
     return out_png
 
@@ -343,7 +313,8 @@ def write_report(
     if notes:
         parts += ["## Notes", "\n".join(f"- {note}" for note in notes)]
     # Config last: it is long, and the results are what a reader opens the report for.
-    parts += ["## Config", f"```json\n{_to_json(config)}```"]
+    config_json = json.dumps(config, indent=2, ensure_ascii=False, default=str)
+    parts += ["## Config", f"```json\n{config_json}\n```"]
     report = out_dir / "report.md"
-    _write_text_atomic(report, "\n\n".join(parts) + "\n")
+    write_text_atomic(report, "\n\n".join(parts) + "\n")
     return report

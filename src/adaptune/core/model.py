@@ -17,7 +17,7 @@ from torch import nn
 
 from .composition import Stack, adapter_names, validate
 from .config import AdapterConfig
-from .modules import Bottleneck, Fusion
+from .contract import AdapterModule, MixerModule, build_adapter
 from .placement import Target, find_targets
 from .slot import AdapterSlot
 
@@ -29,6 +29,7 @@ __all__ = [
     "active_setup",
     "adapter_config",
     "adapter_modules",
+    "adapter_slots",
     "add_adapter",
     "check_adapters_fire",
     "delete_adapter",
@@ -46,7 +47,7 @@ DEFAULT_HEADS: tuple[str, ...] = ("classifier", "qa_outputs", "score")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def _slots(model: nn.Module) -> dict[str, AdapterSlot]:
+def adapter_slots(model: nn.Module) -> dict[str, AdapterSlot]:
     """Host path -> slot, in module order."""
     return {
         n[: -len(".adapters")] if n != "adapters" else "": m
@@ -58,17 +59,17 @@ def _slots(model: nn.Module) -> dict[str, AdapterSlot]:
 def list_adapters(model: nn.Module) -> list[str]:
     """Names of the adapters in ``model``, in the order they were first attached."""
     names: dict[str, None] = {}
-    for slot in _slots(model).values():
+    for slot in adapter_slots(model).values():
         names.update(dict.fromkeys(slot.adapters()))
     return list(names)
 
 
-def adapter_modules(model: nn.Module, name: str) -> dict[str, Bottleneck]:
-    """Full module path -> ``Bottleneck`` for one adapter (``<host>.adapters.<name>``)."""
+def adapter_modules(model: nn.Module, name: str) -> dict[str, AdapterModule]:
+    """Full module path -> ``AdapterModule`` for one adapter (``<host>.adapters.<name>``)."""
     found = {
         f"{host}.adapters.{name}" if host else f"adapters.{name}": s[name]
-        for host, s in _slots(model).items()
-        if isinstance(s._modules.get(name), Bottleneck)
+        for host, s in adapter_slots(model).items()
+        if isinstance(s._modules.get(name), AdapterModule)
     }
     if not found:
         raise KeyError(f"no adapter named {name!r} in the model; adapters: {list_adapters(model)}")
@@ -82,7 +83,7 @@ def adapter_config(model: nn.Module, name: str) -> AdapterConfig:
 
 def adapter_targets(model: nn.Module, name: str) -> list[str]:
     """Dotted paths of the host modules an adapter is attached to."""
-    return [host for host, s in _slots(model).items() if isinstance(s._modules.get(name), Bottleneck)]
+    return [host for host, s in adapter_slots(model).items() if isinstance(s._modules.get(name), AdapterModule)]
 
 
 def add_adapter(
@@ -108,7 +109,7 @@ def add_adapter(
     config = config or AdapterConfig.pfeiffer()
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"adapter name {name!r}: expected a Python identifier ([A-Za-z_][A-Za-z0-9_]*)")
-    if any(name in s for s in _slots(model).values()):  # adapters and fusion layers share a slot's names
+    if any(name in s for s in adapter_slots(model).values()):  # adapters and fusion layers share a slot's names
         raise ValueError(f"an adapter or fusion named {name!r} already exists; delete it first or pick another name")
     targets = find_targets(model, config)
     current = active_setup(model)  # new slots join the model-wide active setup
@@ -126,9 +127,7 @@ def add_adapter(
         elif input_module is not None:
             slot.attach_input_module(input_module)
         ref = next(host.parameters(), None)
-        adapter = Bottleneck(t.width, config, mode=t.mode).to(
-            device=ref.device if ref is not None else None, dtype=dtype
-        )
+        adapter = build_adapter(t, config).to(device=ref.device if ref is not None else None, dtype=dtype)
         slot[name] = adapter.train(host.training)
     if activate:
         set_active(model, [name])
@@ -137,11 +136,11 @@ def add_adapter(
 
 def delete_adapter(model: nn.Module, name: str) -> None:
     """Remove an adapter; a slot left without adapters unhooks itself, restoring its host exactly."""
-    slots = _slots(model)
+    slots = adapter_slots(model)
     if name not in list_adapters(model):
         raise KeyError(f"no adapter named {name!r} in the model; adapters: {list_adapters(model)}")
     for host_path, slot in slots.items():
-        if isinstance(slot._modules.get(name), Bottleneck):
+        if isinstance(slot._modules.get(name), AdapterModule):
             del slot[name]
         if name in adapter_names(slot.active):
             slot.active = None
@@ -162,7 +161,7 @@ def set_active(model: nn.Module, setup: Any) -> None:
     if setup is not None:
         validate(setup, list_adapters(model))
         _check_fusions(model, setup)
-    for slot in _slots(model).values():
+    for slot in adapter_slots(model).values():
         slot.active = setup
 
 
@@ -171,7 +170,7 @@ def _check_fusions(model: nn.Module, node: Any) -> None:
 
     children = getattr(node, "setups", None) or getattr(node, "children", ())
     if isinstance(node, Fuse):
-        have = {n for s in _slots(model).values() for n, m in s.items() if isinstance(m, Fusion)}
+        have = {n for s in adapter_slots(model).values() for n, m in s.items() if isinstance(m, MixerModule)}
         if node.name not in have:
             raise ValueError(f"{node!r}: no fusion layer named {node.name!r}; create it with adaptune.add_fusion")
         return
@@ -182,7 +181,7 @@ def _check_fusions(model: nn.Module, node: Any) -> None:
 
 def active_setup(model: nn.Module) -> Any:
     """The active composition (a name, a block, or None)."""
-    for slot in _slots(model).values():
+    for slot in adapter_slots(model).values():
         return slot.active
     return None
 
@@ -202,7 +201,7 @@ def set_adapter_drop(model: nn.Module, skip_first: int = 0, train_prob: float | 
             a probability drops each of them at random per forward while training only (robustness), and keeps
             them at inference.
     """
-    for slot in _slots(model).values():
+    for slot in adapter_slots(model).values():
         affected = 0 <= slot.layer < skip_first
         slot.skip = affected and train_prob is None
         slot.drop_prob = float(train_prob) if affected and train_prob is not None else 0.0
@@ -317,7 +316,7 @@ def plan(model: nn.Module, config: AdapterConfig | None = None) -> Plan:
     """Where ``config`` would put adapters in ``model`` and how many parameters each adds."""
     config = config or AdapterConfig.pfeiffer()
     targets = find_targets(model, config)
-    counts = [sum(p.numel() for p in Bottleneck(t.width, config, t.mode).parameters()) for t in targets]
+    counts = [build_adapter(t, config).num_parameters() for t in targets]
     return Plan(targets, counts, trainable_summary(model).total)
 
 
@@ -329,7 +328,7 @@ def check_adapters_fire(model: nn.Module, *args: object, **kwargs: object) -> li
     """
     seen: set[str] = set()
     handles = []
-    for host, slot in _slots(model).items():
+    for host, slot in adapter_slots(model).items():
         for name in slot.running():
             path = f"{host}.adapters.{name}"
             handles.append(slot[name].register_forward_hook(lambda *_, p=path: seen.add(p)))
@@ -339,5 +338,5 @@ def check_adapters_fire(model: nn.Module, *args: object, **kwargs: object) -> li
     finally:
         for h in handles:
             h.remove()
-    expected = [f"{host}.adapters.{n}" for host, s in _slots(model).items() for n in s.running()]
+    expected = [f"{host}.adapters.{n}" for host, s in adapter_slots(model).items() for n in s.running()]
     return [p for p in expected if p not in seen]

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .formats import MAX_FIELD_CHARS, DataError, _show, csv_records, decode_utf8, field_value, jsonl_records
+from .builtin import BUILTIN_DATASETS, load_builtin
+from .example import Example
+from .files import MAX_FIELD_CHARS, DataError, csv_records, decode_utf8, field_value, jsonl_records, show_value
 
 __all__ = ["DataError", "Dataset", "Example", "Records", "check_labels", "load_dataset", "read_file", "read_texts"]
 
@@ -31,18 +33,6 @@ LABEL_COLUMNS = ("label", "category", "class", "target_label", "sentiment", "is_
 TARGET_COLUMNS = ("answer", "completion", "output", "response", "target")
 _DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 _JSONL = (".jsonl", ".ndjson")
-
-
-@dataclass(frozen=True)
-class Example:
-    """One example; which fields are set depends on the task."""
-
-    text: str  # classification input / qa question / causal-lm prompt ("" for plain LM text)
-    label: str | None = None  # classification label, as a string
-    target: str | None = None  # qa answer / causal-lm completion
-    tests: str | None = None  # code problems: test source (HumanEval "test") for pass@1
-    entry_point: str | None = None  # code problems: the function name the tests call
-    source: str = ""  # "path:line" (or "package/file:line") where it came from, for messages
 
 
 @dataclass
@@ -153,7 +143,7 @@ def _rows_to_records(
         if split is not None:
             value = field_value(row, split, at)
             if value.strip().lower() not in _SPLIT_NAMES:
-                raise DataError(f"{at}: field 'split' is {_show(value)}; expected train, validation or test")
+                raise DataError(f"{at}: field 'split' is {show_value(value)}; expected train, validation or test")
             splits.append(_SPLIT_NAMES[value.strip().lower()])
     return Records(task, examples, splits if split is not None else None)
 
@@ -282,7 +272,7 @@ def load_dataset(
     is; otherwise each example's split is fixed by the SHA-1 of its text and ``split_seed`` (see ``assign_split``).
 
     Args:
-        spec: a built-in name (``adaptune.builtin_data.BUILTIN_DATASETS``), a file path, or a folder path.
+        spec: a built-in name (``adaptune.training.data.builtin.BUILTIN_DATASETS``), a file path, or a folder path.
         task: "classification", "qa" or "causal-lm"; ``None``: built-ins know theirs, files infer it.
         text_column: see ``read_file``.
         label_column: see ``read_file``.
@@ -302,7 +292,6 @@ def load_dataset(
         raise DataError(f"val_fraction={val_fraction} and test_fraction={test_fraction}: each >= 0, sum < 1")
     if limit is not None and limit < 1:
         raise DataError(f"limit={limit}: expected a positive number of examples per split")
-    from .builtin_data import BUILTIN_DATASETS, load_builtin  # deferred: builtin_data imports this module
 
     if not Path(spec).exists() and spec in BUILTIN_DATASETS:
         info = BUILTIN_DATASETS[spec]
@@ -389,4 +378,6 @@ def check_labels(examples: Iterable[Example], known_labels: Sequence[str], sourc
         if ex.label is None:
             raise DataError(f"{ex.source}: the example has no label; {source} expects one of: {expected}")
         if ex.label not in known:
-            raise DataError(f"{ex.source}: label {_show(ex.label)} is not one of the labels of {source}: {expected}")
+            raise DataError(
+                f"{ex.source}: label {show_value(ex.label)} is not one of the labels of {source}: {expected}"
+            )

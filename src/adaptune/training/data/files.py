@@ -11,7 +11,7 @@ import io
 import json
 from typing import Any
 
-__all__ = ["MAX_FIELD_CHARS", "DataError", "csv_records", "decode_utf8", "field_value", "jsonl_records"]
+__all__ = ["MAX_FIELD_CHARS", "DataError", "csv_records", "decode_utf8", "field_value", "jsonl_records", "show_value"]
 
 # A field this long is almost always a broken file (an unclosed quote swallowing the rest); refuse it before it
 # reaches a tokenizer.
@@ -26,7 +26,7 @@ class DataError(ValueError):
         super().__init__(" ".join(str(message).splitlines()))
 
 
-def _show(value: object, limit: int = 60) -> str:
+def show_value(value: object, limit: int = 60) -> str:
     """A short repr for messages (repr also escapes newlines, keeping the message one line)."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 4] + "...'"

@@ -99,7 +99,8 @@ def _row(r: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def _finish(a: argparse.Namespace, title: str, runs: list[dict[str, Any]], pareto_plots: bool) -> int:
-    from .report import markdown_table, pareto_front, plot_tradeoff, write_json_atomic, write_report
+    from ..util import write_json_atomic, write_text_atomic
+    from .report import markdown_table, pareto_front, plot_tradeoff, write_report
 
     out = Path(a.out)
     key, higher = primary_metric(a.task)
@@ -107,13 +108,20 @@ def _finish(a: argparse.Namespace, title: str, runs: list[dict[str, Any]], paret
     write_json_atomic(out / "results.json", runs)
     rows = [_row(r, key) for r in runs]
     table = markdown_table(rows)
-    (out / "table.md").write_text(table + "\n", encoding="utf-8")
+    write_text_atomic(out / "table.md", table + "\n")
     print(table)
     images: dict[str, Path] = {}
     notes = [f"{len(ok)}/{len(runs)} runs finished; budget {a.max_steps} steps x batch {a.batch_size}"]
     if pareto_plots and len(ok) > 1:
-        pts = [{"name": r["name"], "params": r["trainable_params"], "step": r["step_time_s"],
-                "score": r[key] if higher else -r[key]} for r in ok]  # fmt: skip
+        pts = [
+            {
+                "name": r["name"],
+                "params": r["trainable_params"],
+                "step": r["step_time_s"],
+                "score": r[key] if higher else -r[key],
+            }
+            for r in ok
+        ]
         front = pareto_front(pts, minimize="params", maximize="score")
         front_t = pareto_front(pts, minimize="step", maximize="score")
         for r in pts:
@@ -122,16 +130,22 @@ def _finish(a: argparse.Namespace, title: str, runs: list[dict[str, Any]], paret
             pts, out / "metric_vs_params.png", x="params", y="metric", pareto=front, title=f"{key} vs trainable params"
         )
         images["metric vs step time"] = plot_tradeoff(
-            pts, out / "metric_vs_step_time.png", x="step", y="metric", pareto=front_t, logx=False,
+            pts,
+            out / "metric_vs_step_time.png",
+            x="step",
+            y="metric",
+            pareto=front_t,
+            logx=False,
             title=f"{key} vs seconds per step",
-        )  # fmt: skip
+        )
         notes.append(f"Pareto-best (params vs {key}): {', '.join(front)}")
         notes.append(f"Pareto-best (step time vs {key}): {', '.join(front_t)}")
         print("\n".join(notes[1:]))
     best = sorted(ok, key=lambda r: r[key], reverse=higher)
     metrics = {"best": best[0]["name"] if best else None, key: best[0][key] if best else None}
-    report = write_report(out, title=title, config=vars(a), metrics=metrics, tables={"runs": rows}, images=images,
-                          notes=notes)  # fmt: skip
+    report = write_report(
+        out, title=title, config=vars(a), metrics=metrics, tables={"runs": rows}, images=images, notes=notes
+    )
     print(f"report: {report}")
     return 0 if ok else 1
 
@@ -141,8 +155,13 @@ def run_compare(a: argparse.Namespace) -> int:
     out = Path(a.out)
     runs = []
     if not a.no_full:
-        runs.append(_run("full-finetune", _train_cmd(a, out / "full-finetune", ["--full-finetune"], a.full_lr),
-                         out / "full-finetune"))  # fmt: skip
+        runs.append(
+            _run(
+                "full-finetune",
+                _train_cmd(a, out / "full-finetune", ["--full-finetune"], a.full_lr),
+                out / "full-finetune",
+            )
+        )
     for preset in a.presets:
         extra = ["--preset", preset, "--reduction-factor", str(a.reduction_factor), *_train_modules(a)]
         runs.append(_run(preset, _train_cmd(a, out / preset, extra, a.adapter_lr), out / preset))

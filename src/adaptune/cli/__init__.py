@@ -13,13 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .config import ACTIVATIONS, PLACEMENTS, AdapterConfig
-from .distributed import STRATEGIES
+from ..core.config import ACTIVATIONS, PLACEMENTS, AdapterConfig
+from ..formats.names import FUSION_CONFIG, HUB_SETUP, TASK_FILE
+from ..training.distributed import STRATEGIES
+from ..version import __version__
 
 __all__ = ["adapter_config_from_args", "build_parser", "main"]
-
-TASK_FILE = "task.json"  # written beside a saved adapter: task, labels, model, max_length
 
 
 def _checked(convert: Any, ok: Any, expected: str) -> Any:
@@ -104,20 +103,26 @@ def _add_run_options(t: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     g.add_argument("--exec-tests", action="store_true", help="code data: run generated code for pass@1")
     g.add_argument(
-        "--strategy", choices=STRATEGIES, default="ddp",
+        "--strategy",
+        choices=STRATEGIES,
+        default="ddp",
         help="under torchrun / accelerate launch: replicate the model (ddp) or shard it (fsdp)",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--base-dropout", choices=("on", "off"), default="on",
+        "--base-dropout",
+        choices=("on", "off"),
+        default="on",
         help="dropout inside the frozen pretrained body; off: ~30%% faster steps on CPU (adapter/head dropout kept)",
-    )  # fmt: skip
+    )
 
 
 def _add_setup_options(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument(
-        "--adapter", nargs="+", required=required,
+        "--adapter",
+        nargs="+",
+        required=required,
         help="saved adapter or fusion folder(s); omit to use the base model (qa / causal-lm)",
-    )  # fmt: skip
+    )
     p.add_argument("--setup", help="composition of the loaded adapters, e.g. 'Stack(lang, task)' or 'Average(a, b)'")
     p.add_argument("--model", help="default: the model the (first) adapter was trained on")
     p.add_argument("--task", choices=("qa", "causal-lm"), help="task of the base model (without --adapter)")
@@ -176,11 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--task", choices=("classification", "qa", "causal-lm"))
     _add_adapter_options(pl)
 
-    from .experiments import add_compare_parser, add_sweep_parser
+    from ..training.experiments import add_compare_parser, add_sweep_parser
 
     add_compare_parser(sub)
     add_sweep_parser(sub)
-    from .benchmark.command import add_bench_parser
+    from ..benchmark.command import add_bench_parser
 
     add_bench_parser(sub)
     return parser
@@ -199,13 +204,13 @@ def _read_task(adapter_dir: Path) -> dict[str, Any]:
 def _load_adapted(a: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     """Model + tokenizer with the adapters / fusion of ``a.adapter`` loaded and ``a.setup`` active, or the bare
     base model without adapters."""
-    from .assets import resolve_model
-    from .composition import parse
-    from .fusion import load_fusion
-    from .io import load_adapter
-    from .model import set_active
-    from .tasks import load_model
-    from .train import unique_name
+    from ..core.composition import parse
+    from ..core.model import set_active
+    from ..formats.fusion import load_fusion
+    from ..formats.native import load_adapter
+    from ..training.assets import resolve_model
+    from ..training.run import unique_name
+    from ..training.tasks import load_model
 
     if not a.adapter:
         if not (a.model and a.task):
@@ -216,10 +221,10 @@ def _load_adapted(a: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     model, tok = load_model(info["task"], resolve_model(a.model or info["model"]), info.get("labels"))
     setups: list[Any] = []
     for folder in a.adapter or []:
-        if (Path(folder) / "fusion_config.json").is_file():
+        if (Path(folder) / FUSION_CONFIG).is_file():
             setups.append(load_fusion(model, folder, activate=False))
-        elif (Path(folder) / "adapter_setup.json").is_file():  # an AdapterHub setup (Stack / Fuse)
-            from .interop import load_adapterhub_setup
+        elif (Path(folder) / HUB_SETUP).is_file():  # an AdapterHub setup (Stack / Fuse)
+            from ..formats.adapterhub import load_adapterhub_setup
 
             setups.append(load_adapterhub_setup(model, folder, activate=False))
         else:
@@ -233,8 +238,8 @@ def _load_adapted(a: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
 
 
 def _examples(a: argparse.Namespace, task: str) -> list[Any]:
-    from .builtin_data import BUILTIN_DATASETS
-    from .data import load_dataset, read_file
+    from ..training.data.builtin import BUILTIN_DATASETS
+    from ..training.data.datasets import load_dataset, read_file
 
     split = a.split or ("test" if a.data in BUILTIN_DATASETS else "all")
     columns = {"text_column": a.text_column, "label_column": a.label_column, "target_column": a.target_column}
@@ -249,20 +254,44 @@ def _examples(a: argparse.Namespace, task: str) -> list[Any]:
 
 def _run_config(a: argparse.Namespace, **what: Any) -> Any:
     """The RunConfig of ``train`` / ``fuse`` options, plus ``what`` to train (adapter, fusion...)."""
-    from .train import RunConfig
+    from ..training.run import RunConfig
 
-    shared = ("task", "model", "data", "out", "text_column", "label_column", "target_column", "epochs", "max_steps",
-              "lr", "weight_decay", "batch_size", "grad_accum", "max_length", "seed", "limit", "eval_every",
-              "eval_limit", "save_every", "log_every", "resume", "exec_tests", "strategy")  # fmt: skip
+    shared = (
+        "task",
+        "model",
+        "data",
+        "out",
+        "text_column",
+        "label_column",
+        "target_column",
+        "epochs",
+        "max_steps",
+        "lr",
+        "weight_decay",
+        "batch_size",
+        "grad_accum",
+        "max_length",
+        "seed",
+        "limit",
+        "eval_every",
+        "eval_limit",
+        "save_every",
+        "log_every",
+        "resume",
+        "exec_tests",
+        "strategy",
+    )
     return RunConfig(
-        **{k: getattr(a, k) for k in shared}, train_modules=tuple(a.train_modules),
-        base_dropout=a.base_dropout == "on", **what,
-    )  # fmt: skip
+        **{k: getattr(a, k) for k in shared},
+        train_modules=tuple(a.train_modules),
+        base_dropout=a.base_dropout == "on",
+        **what,
+    )
 
 
 def _train_and_report(cfg: Any, saved: str) -> int:
     """Run a training, print its test metrics and where the result (``OUT/<saved>``) and report are."""
-    from .train import run_training
+    from ..training.run import run_training
 
     result = run_training(cfg)
     print(json.dumps({k: v for k, v in result.metrics.items() if k.startswith("test_")}))
@@ -276,18 +305,25 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from .data import check_labels
-    from .evaluate import evaluate
+    from ..training.data.datasets import check_labels
+    from ..training.evaluate import evaluate
 
     model, tok, info = _load_adapted(a)
     examples = _examples(a, info["task"])
     if info["task"] == "classification":
         check_labels(examples, info["labels"], a.data)
     metrics = evaluate(
-        info["task"], model, tok, examples, labels=info.get("labels"), batch_size=a.batch_size,
-        max_length=a.max_length or info.get("max_length", 128), generate_limit=a.generate_limit,
-        exec_tests=a.exec_tests, max_new_tokens=a.max_new_tokens,
-    )  # fmt: skip
+        info["task"],
+        model,
+        tok,
+        examples,
+        labels=info.get("labels"),
+        batch_size=a.batch_size,
+        max_length=a.max_length or info.get("max_length", 128),
+        generate_limit=a.generate_limit,
+        exec_tests=a.exec_tests,
+        max_new_tokens=a.max_new_tokens,
+    )
     if a.json:
         print(json.dumps(metrics))
     else:
@@ -297,9 +333,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from .data import read_texts
-    from .evaluate import predict_labels
-    from .tasks import LmEncoder, batches
+    from ..training.data.datasets import read_texts
+    from ..training.evaluate import predict_labels
+    from ..training.tasks import LmEncoder, batches
 
     texts = list(a.texts)
     if a.file:
@@ -335,16 +371,23 @@ def cmd_fuse(a: argparse.Namespace) -> int:
 
 
 def cmd_explain(a: argparse.Namespace) -> int:
-    from .composition import Fuse
-    from .explain import explain
-    from .model import active_setup
+    from ..core.composition import Fuse
+    from ..core.model import active_setup
+    from ..training.explain import explain
 
     model, tok, info = _load_adapted(a)
     examples = _examples(a, info["task"])
     setup = active_setup(model)
     fused = list(setup.children) if isinstance(setup, Fuse) else []
-    report = explain(model, tok, examples, a.out, fused=fused, batch_size=a.batch_size,
-                     max_length=a.max_length or info.get("max_length", 128))  # fmt: skip
+    report = explain(
+        model,
+        tok,
+        examples,
+        a.out,
+        fused=fused,
+        batch_size=a.batch_size,
+        max_length=a.max_length or info.get("max_length", 128),
+    )
     print(f"report: {report}")
     return 0
 
@@ -352,8 +395,8 @@ def cmd_explain(a: argparse.Namespace) -> int:
 def cmd_plan(a: argparse.Namespace) -> int:
     from transformers import AutoConfig, AutoModel
 
-    from .assets import resolve_model
-    from .model import plan
+    from ..core.model import plan
+    from ..training.assets import resolve_model
 
     path = resolve_model(a.model)
     # Empty weights are enough to plan: build on the meta device, no memory, no loading time.
@@ -377,7 +420,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``adaptune`` command."""
-    from .data import DataError
+    from ..training.data.datasets import DataError
 
     args = build_parser().parse_args(argv)
     # Transformers' load reports (e.g. "classifier.weight MISSING": expected for a new head) and its weight-loading
@@ -389,8 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in COMMANDS:
             return COMMANDS[args.command](args)
-        from .benchmark.command import run_bench
-        from .experiments import run_compare, run_sweep
+        from ..benchmark.command import run_bench
+        from ..training.experiments import run_compare, run_sweep
 
         return {"compare": run_compare, "sweep": run_sweep, "bench": run_bench}[args.command](args)
     except KeyboardInterrupt:

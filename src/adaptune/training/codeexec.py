@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .data import Example
+from .data.example import Example
 
 __all__ = ["STOP_SEQUENCES", "pass_at_1", "run_tests", "truncate_completion"]
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .codeexec import pass_at_1
-from .data import Example
+from .data.example import Example
 from .tasks import (
     LmEncoder,
     batches,

@@ -10,10 +10,8 @@ or with unreadable files and falls back to the previous one. ``state.pt`` is rea
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,11 +20,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..util import atomic_dir_write
 from .distributed import assign
 
 __all__ = ["find_latest", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
 
 MARKER = "COMPLETE"
+WEIGHTS = "trainable.safetensors"
+STATE = "state.pt"
 
 
 def rng_state() -> dict[str, Any]:
@@ -56,16 +57,16 @@ def save_checkpoint(
     root = out_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:07d}.", dir=root))
-    try:
-        save_file(weights, str(tmp / "trainable.safetensors"))
-        torch.save(state, tmp / "state.pt")
-        (tmp / MARKER).write_text(str(step), encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if final.exists():  # a re-run of the same step (after a resume) replaces it whole
+        shutil.rmtree(final)
+    atomic_dir_write(
+        final,
+        {
+            WEIGHTS: lambda p: save_file(weights, str(p)),
+            STATE: lambda p: torch.save(state, p),
+            MARKER: lambda p: p.write_text(str(step), encoding="utf-8"),  # written last: the folder is complete
+        },
+    )
     for old in sorted(root.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -86,8 +87,8 @@ def load_checkpoint(out_dir: Path, model: nn.Module) -> dict[str, Any] | None:
     """
     for folder in find_latest(out_dir):
         try:
-            weights = load_file(str(folder / "trainable.safetensors"))
-            state = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
+            weights = load_file(str(folder / WEIGHTS))
+            state = torch.load(folder / STATE, weights_only=True, map_location="cpu")
         except Exception as err:  # any unreadable file means: not this one
             warnings.warn(
                 f"{folder}: unreadable checkpoint ({type(err).__name__}: {err}); trying an older one", stacklevel=2

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from torch import nn
 
 from .model import DEFAULT_HEADS, head_modules
-from .placement import _is_ours
+from .placement import is_adaptune_path
 
 __all__ = ["base_dropout_modules", "set_base_dropout"]
 
@@ -34,7 +34,7 @@ def base_dropout_modules(model: nn.Module, heads: Iterable[str] = DEFAULT_HEADS)
     head_paths = tuple(head_modules(model, heads))
     found = []
     for path, m in model.named_modules():
-        if not path or _is_ours(path) or ("." not in path and isinstance(m, nn.Dropout)):
+        if not path or is_adaptune_path(path) or ("." not in path and isinstance(m, nn.Dropout)):
             continue  # the root, adapters/fusion, and a head dropout sitting on the root (model.dropout)
         if any(path == h or path.startswith(h + ".") for h in head_paths):
             continue

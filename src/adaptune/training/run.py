@@ -23,16 +23,18 @@ from typing import Any
 
 import torch
 
+from ..core.base_dropout import set_base_dropout
+from ..core.config import AdapterConfig
+from ..core.model import DEFAULT_HEADS, add_adapter, head_modules, train_adapter, trainable_summary
+from ..formats.names import CONFIG_FILE, TASK_FILE
+from ..formats.native import load_adapter, save_adapter
+from ..util import write_json_atomic
 from .assets import resolve_model
-from .base_dropout import set_base_dropout
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import AdapterConfig
-from .data import Dataset, load_dataset
+from .data.datasets import Dataset, load_dataset
 from .distributed import gather_trainable, load_optimizer_state, optimizer_state, reshard, wrap
 from .distributed import setup as setup_distributed
 from .evaluate import evaluate
-from .io import load_adapter, save_adapter
-from .model import DEFAULT_HEADS, add_adapter, head_modules, train_adapter, trainable_summary
 from .tasks import LmEncoder, encode_classification, load_model
 
 __all__ = ["RunConfig", "RunResult", "run_training"]
@@ -108,15 +110,19 @@ def _encode(cfg: RunConfig, data: Dataset, tok: Any, chunk: list[Any]) -> dict[s
 
 def run_training(cfg: RunConfig) -> RunResult:
     """Train, checkpoint, evaluate on the test split, save the adapter and write the report."""
-    from .report import write_json_atomic, write_report
+    from .report import write_report
 
     out = Path(cfg.out)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     data = load_dataset(
-        cfg.data, cfg.task, text_column=cfg.text_column, label_column=cfg.label_column,
-        target_column=cfg.target_column, limit=cfg.limit,
-    )  # fmt: skip
+        cfg.data,
+        cfg.task,
+        text_column=cfg.text_column,
+        label_column=cfg.label_column,
+        target_column=cfg.target_column,
+        limit=cfg.limit,
+    )
     if data.task != cfg.task:
         raise ValueError(f"data {cfg.data!r} is a {data.task} dataset, but --task is {cfg.task}")
     _log(data.summary())
@@ -161,9 +167,14 @@ def run_training(cfg: RunConfig) -> RunResult:
         weights = gather_trainable(model) if weights is None else weights
         optim = optimizer_state(model, opt, cfg.strategy)
         state = {
-            "optimizer": optim, "scheduler": sched.state_dict(), "rng": rng or rng_state(),
-            "step": step, "epoch": epoch, "cursor": cursor, "history": history,
-        }  # fmt: skip
+            "optimizer": optim,
+            "scheduler": sched.state_dict(),
+            "rng": rng or rng_state(),
+            "step": step,
+            "epoch": epoch,
+            "cursor": cursor,
+            "history": history,
+        }
         return save_checkpoint(out, step, weights, state) if job.main else out
 
     def order(e: int) -> list[int]:
@@ -203,8 +214,10 @@ def run_training(cfg: RunConfig) -> RunResult:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.4f}")
             if step % cfg.log_every == 0 or step == total:
-                _log(f"step {step}/{total} loss {loss_sum:.4f} lr {sched.get_last_lr()[0]:.2e} "
-                     f"{statistics.median(step_times[-cfg.log_every:]):.2f} s/step")  # fmt: skip
+                _log(
+                    f"step {step}/{total} loss {loss_sum:.4f} lr {sched.get_last_lr()[0]:.2e} "
+                    f"{statistics.median(step_times[-cfg.log_every :]):.2f} s/step"
+                )
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total and (job.main or fsdp):
                 # A sharded model runs only with every rank taking part; the ranks all see the same examples.
                 history[-1] |= _validate(cfg, data, model, tok)
@@ -237,9 +250,16 @@ def run_training(cfg: RunConfig) -> RunResult:
     history[-1] |= _validate(cfg, data, model, tok)
     _log("evaluating on the test split")
     test = evaluate(
-        cfg.task, model, tok, data.test, labels=data.labels, batch_size=cfg.batch_size * 2,
-        max_length=cfg.max_length, generate_limit=cfg.generate_limit, exec_tests=cfg.exec_tests,
-    )  # fmt: skip
+        cfg.task,
+        model,
+        tok,
+        data.test,
+        labels=data.labels,
+        batch_size=cfg.batch_size * 2,
+        max_length=cfg.max_length,
+        generate_limit=cfg.generate_limit,
+        exec_tests=cfg.exec_tests,
+    )
     saved_bytes = _save(cfg, model, out, data.labels, fuse)
     metrics: dict[str, Any] = {f"test_{k}": v for k, v in test.items()}
     metrics |= {
@@ -254,11 +274,14 @@ def run_training(cfg: RunConfig) -> RunResult:
         "test_examples": len(data.test),
     }
     write_json_atomic(out / "metrics.json", metrics)
-    (out / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")
+    write_json_atomic(out / "run_config.json", cfg.to_dict())
     report = write_report(
-        out / "report", title=f"adaptune train: {cfg.task} on {data.name} with {cfg.model}",
-        config=cfg.to_dict(), metrics=metrics, history=history,
-    )  # fmt: skip
+        out / "report",
+        title=f"adaptune train: {cfg.task} on {data.name} with {cfg.model}",
+        config=cfg.to_dict(),
+        metrics=metrics,
+        history=history,
+    )
     _log(f"report: {report}")
     if not fsdp:
         job.barrier()
@@ -275,7 +298,7 @@ def _build(cfg: RunConfig, data: Dataset) -> tuple[torch.nn.Module, Any, Any, An
     heads = (*DEFAULT_HEADS, *cfg.train_modules)
     fuse = None
     if cfg.fuse_from:
-        from .fusion import add_fusion, train_fusion
+        from ..methods.fusion import add_fusion, train_fusion
 
         names = [
             load_adapter(model, d, name=unique_name(model, d), activate=False, load_head=False) for d in cfg.fuse_from
@@ -312,19 +335,25 @@ def _validate(cfg: RunConfig, data: Dataset, model: torch.nn.Module, tok: Any) -
     if not examples:
         return {}
     m = evaluate(
-        cfg.task, model, tok, examples, labels=data.labels, batch_size=cfg.batch_size * 2,
-        max_length=cfg.max_length, generate=False,
-    )  # fmt: skip
+        cfg.task,
+        model,
+        tok,
+        examples,
+        labels=data.labels,
+        batch_size=cfg.batch_size * 2,
+        max_length=cfg.max_length,
+        generate=False,
+    )
     return {f"eval_{k}": v for k, v in m.items()}
 
 
 def unique_name(model: torch.nn.Module, folder: str) -> str:
     """A free adapter name for a saved folder: its saved name, else the run folder's name (``runs/sst/adapter``
     -> ``sst``) made into an identifier."""
-    from .model import list_adapters
+    from ..core.model import list_adapters
 
     try:
-        meta = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8"))
+        meta = json.loads((Path(folder) / CONFIG_FILE).read_text(encoding="utf-8"))
         saved = meta.get("name") if isinstance(meta, dict) else None
     except (OSError, ValueError):
         saved = None  # load_adapter reports the real problem
@@ -343,10 +372,8 @@ def unique_name(model: torch.nn.Module, folder: str) -> str:
 
 def _save(cfg: RunConfig, model: torch.nn.Module, out: Path, labels: list[str] | None, fuse: Any = None) -> int:
     """Save the adapter / fusion (+ head) or, for full fine-tuning, the whole model; return bytes on disk."""
-    from .report import write_json_atomic
-
     if fuse is not None:
-        from .fusion import save_fusion
+        from ..formats.fusion import save_fusion
 
         folder = save_fusion(model, fuse, out / "fusion", heads=(*DEFAULT_HEADS, *cfg.train_modules))
     elif cfg.adapter is not None:
@@ -356,5 +383,5 @@ def _save(cfg: RunConfig, model: torch.nn.Module, out: Path, labels: list[str] |
         model.save_pretrained(folder)
     # What eval/predict need to rebuild the model around the adapter.
     info = {"task": cfg.task, "labels": labels, "model": cfg.model, "max_length": cfg.max_length}
-    write_json_atomic(folder / "task.json", info)
+    write_json_atomic(folder / TASK_FILE, info)
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())

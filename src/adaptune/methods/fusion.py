@@ -10,62 +10,152 @@ optimise it on the same step; ``fusion_value_loss`` gives the same term for loop
 from __future__ import annotations
 
 import functools
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
+from torch.nn import functional as F
 
-from . import __version__
-from .composition import Fuse
-from .io import (
-    _atomic_dir_write,
-    _copy_head,
-    _copy_tensor,
-    _read_tensors,
-    fingerprint,
-    load_adapter,
-    module_tensors,
-    save_adapter,
-)
-from .model import (
+from ..core.composition import Fuse
+from ..core.contract import MixerModule
+from ..core.model import (
     DEFAULT_HEADS,
     ParamSummary,
-    _slots,
     adapter_config,
     adapter_modules,
+    adapter_slots,
     add_adapter,
-    delete_adapter,
     head_modules,
     list_adapters,
     set_active,
     trainable_summary,
 )
-from .modules import Bottleneck, Fusion
+from .bottleneck import Bottleneck
 
 __all__ = [
+    "Fusion",
     "add_fusion",
     "average_adapters",
     "delete_fusion",
     "fusion_modules",
     "fusion_value_loss",
     "list_fusions",
-    "load_fusion",
-    "save_fusion",
     "train_fusion",
 ]
 
-FUSION_CONFIG = "fusion_config.json"
-FUSION_WEIGHTS = "fusion.safetensors"
+
+class Fusion(MixerModule):
+    """AdapterFusion (Pfeiffer et al. 2021, https://arxiv.org/abs/2005.00247) at one place.
+
+    For the adapter input ``h`` (..., d) and the adapters' deltas ``u`` (..., n, d)::
+
+        q = W_q h + b_q              k_i = W_k u_i + b_k          v_i = W_v u_i   (W_v starts as identity)
+        p = softmax_i(q·k_i / T)     h' = h + Σ_i p_i v_i
+
+    ``static=True`` drops the value projection (v_i = u_i). ``T`` is a constant saved with the weights; nothing
+    here changes during ``forward``. Returns ``(h', p)`` so callers can inspect the attention.
+    """
+
+    def __init__(self, width: int, temperature: float = 1.0, static: bool = False) -> None:
+        super().__init__()
+        self.width = width
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(width, width)
+        self.value = None if static else nn.Linear(width, width, bias=False)
+        self.register_buffer("temperature", torch.tensor(float(temperature)), persistent=True)
+        with torch.no_grad():
+            for lin in (self.query, self.key):
+                nn.init.normal_(lin.weight, std=0.02)
+                nn.init.zeros_(lin.bias)
+            if self.value is not None:
+                self.value.weight.copy_(torch.eye(width))
+
+    def forward(
+        self, h: torch.Tensor, deltas: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (the query): (..., d), deltas: (..., n, d) -> (residual + Σ p·v (..., d), p (..., n)).
+
+        ``residual`` defaults to ``h``; post-LN placements query with LN(v) and add to v.
+        """
+        z = h.to(self.query.weight.dtype)
+        u = deltas.to(self.query.weight.dtype)
+        if not torch.is_grad_enabled():  # inference: W_q and W_k folded into one matrix, one matmul per token
+            m, c = self._folded_query_key()
+            qk = F.linear(z, m, c)
+            scores = (u * qk.unsqueeze(-2)).sum(-1) / self.temperature  # (..., n); q·b_k cancels in the softmax
+            return self._mix(h, u, scores.softmax(-1), residual)
+        q = self.query(z)  # (..., d)
+        # Exact rewrite of the formula above with 3 matmuls per token instead of 2n + 1:
+        #   q·k_i = (W_kᵀ q)·u_i + q·b_k        (project the query once, not every delta)
+        #   Σ_i p_i W_v u_i = W_v (Σ_i p_i u_i) (mix first, then one value projection; Σ p_i = 1)
+        # q·b_k is the same for every i, so it cancels in the softmax; it stays in the graph so b_k gets its
+        # (zero) gradient as before and DDP sees every parameter used.
+        qk = q @ self.key.weight  # (..., d)
+        shift = (q * self.key.bias).sum(-1, keepdim=True)  # (..., 1)
+        # multiply-and-sum beats a batched (n × d) @ (d × 1) matmul per token by ~4x on CPU
+        scores = ((u * qk.unsqueeze(-2)).sum(-1) + shift) / self.temperature  # (..., n)
+        return self._mix(h, u, scores.softmax(-1), residual)
+
+    def _mix(
+        self, h: torch.Tensor, u: torch.Tensor, p: torch.Tensor, residual: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        mixed = (p.unsqueeze(-2) @ u).squeeze(-2)  # (..., d)
+        if self.value is not None:
+            mixed = self.value(mixed)
+        base = h if residual is None else residual
+        return base + mixed.to(base.dtype), p
+
+    def _folded_query_key(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W_kᵀ W_q, W_kᵀ b_q): q·k_i up to the constant q·b_k, cached until a weight changes (in-place
+        optimizer steps bump ``_version``; loading new tensors changes ``data_ptr``)."""
+        wq, bq, wk = self.query.weight, self.query.bias, self.key.weight
+        key = tuple((t.data_ptr(), t._version) for t in (wq, bq, wk))
+        cached = self.__dict__.get("_fold")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, wk.T @ wq, wk.T @ bq)
+            self.__dict__["_fold"] = cached  # a plain attribute: not a buffer, never saved
+        return cached[1], cached[2]
+
+    def value_distance(self) -> torch.Tensor:
+        """||W_v - I||² (0 for a static fusion): the regulariser that keeps the value map near identity."""
+        if self.value is None:
+            return self.query.weight.new_zeros(())
+        w = self.value.weight
+        from torch.distributed.tensor import DTensor
+
+        if isinstance(w, DTensor):
+            return _sharded_distance_to_identity(w)
+        eye = torch.eye(self.width, device=w.device, dtype=w.dtype)
+        return (w - eye).pow(2).sum()
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}, static={self.value is None}"
+
+
+def _sharded_distance_to_identity(w: torch.Tensor) -> torch.Tensor:
+    """``||W - I||²`` of a row-sharded DTensor (FSDP2 shards ``W_v`` outside its block's forward). Each rank
+    differentiates its own rows, so the gradient lands on its shard where FSDP adds the reduced task gradient;
+    the value is the global sum, so a loss that includes it matches one process."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import Shard
+
+    if tuple(w.placements) != (Shard(0),):
+        raise RuntimeError(f"adaptune: fusion value weight sharded as {w.placements}; expected rows (Shard(0))")
+    local = w.to_local()
+    rows = -(-w.shape[0] // w.device_mesh.size())  # torch.chunk sizes, as FSDP2 shards: ceil(d / world)
+    start = w.device_mesh.get_local_rank() * rows
+    eye = torch.eye(w.shape[0], w.shape[1], device=local.device, dtype=local.dtype)[start : start + local.shape[0]]
+    part = (local - eye).pow(2).sum()
+    total = part.detach().clone()
+    dist.all_reduce(total, group=w.device_mesh.get_group())
+    return part + (total - part.detach())
 
 
 def list_fusions(model: nn.Module) -> list[str]:
     """Names of the fusion layers in ``model``."""
     names: dict[str, None] = {}
-    for slot in _slots(model).values():
+    for slot in adapter_slots(model).values():
         names.update(dict.fromkeys(n for n, m in slot.items() if isinstance(m, Fusion)))
     return list(names)
 
@@ -74,7 +164,7 @@ def fusion_modules(model: nn.Module, name: str) -> dict[str, Fusion]:
     """Full module path -> Fusion layer, for one fusion."""
     found = {
         f"{host}.adapters.{name}": s[name]
-        for host, s in _slots(model).items()
+        for host, s in adapter_slots(model).items()
         if isinstance(s._modules.get(name), Fusion)
     }
     if not found:
@@ -108,7 +198,7 @@ def add_fusion(
     fuse = Fuse(*adapters, name=name)
     if fuse.name in known or fuse.name in list_fusions(model):
         raise ValueError(f"a fusion or adapter named {fuse.name!r} already exists")
-    for slot in _slots(model).values():
+    for slot in adapter_slots(model).values():
         present = [a for a in adapters if isinstance(slot._modules.get(a), Bottleneck)]
         if present:
             ref = slot[present[0]]
@@ -125,7 +215,7 @@ def delete_fusion(model: nn.Module, name: str) -> None:
     for module in modules.values():
         for handle in getattr(module, "_reg_handles", []):
             handle.remove()
-    for slot in _slots(model).values():
+    for slot in adapter_slots(model).values():
         if name in slot:
             del slot[name]
         if isinstance(slot.active, Fuse) and slot.active.name == name:
@@ -179,84 +269,6 @@ def train_fusion(
         hook = functools.partial(_regularise, layers, float(regularization))
         layers[0]._reg_handles = [model.register_forward_hook(hook, with_kwargs=True)]
     return trainable_summary(model)
-
-
-def save_fusion(
-    model: nn.Module, fuse: Fuse, out_dir: str | os.PathLike[str], *, heads: tuple[str, ...] | None = DEFAULT_HEADS
-) -> Path:
-    """Save a fusion with the adapters it fuses: ``fusion_config.json``, ``fusion.safetensors``, one
-    sub-folder per adapter and the task head."""
-    out = Path(out_dir)
-    layers = fusion_modules(model, fuse.name)
-    first = next(iter(layers.values()))
-    tensors = module_tensors(layers)
-    head_tensors = module_tensors(head_modules(model, heads or ()))
-    meta = {
-        "format": "adaptune.fusion/1",
-        "adaptune_version": __version__,
-        "name": fuse.name,
-        "adapters": list(fuse.children),
-        "temperature": float(first.temperature),
-        "static": first.value is None,
-        "base": fingerprint(model, list(layers)),
-    }
-    files: dict[str, Any] = {
-        FUSION_WEIGHTS: lambda p: save_file(tensors, str(p), metadata={"format": "pt"}),
-        FUSION_CONFIG: lambda p: p.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8"),
-    }
-    if head_tensors:
-        files["head.safetensors"] = lambda p: save_file(head_tensors, str(p), metadata={"format": "pt"})
-    for child in fuse.children:
-        files[child] = functools.partial(lambda c, p: save_adapter(model, c, p, heads=None), child)
-    _atomic_dir_write(out, files)
-    return out
-
-
-def load_fusion(model: nn.Module, folder: str | os.PathLike[str], *, activate: bool = True) -> Fuse:
-    """Load a fusion saved by ``save_fusion`` (its adapters too, unless already in the model)."""
-    src = Path(folder)
-    cfg = src / FUSION_CONFIG
-    if not cfg.is_file():
-        raise FileNotFoundError(f"{cfg}: missing (a fusion folder holds {FUSION_CONFIG} and {FUSION_WEIGHTS})")
-    try:
-        meta = json.loads(cfg.read_text(encoding="utf-8"))
-        children, name = list(meta["adapters"]), meta["name"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{cfg}: not a valid fusion config ({err})") from None
-    loaded: list[str] = []  # adapters this call adds: removed again if anything below fails
-    fuse = None
-    try:
-        for child in children:
-            if child not in list_adapters(model):
-                load_adapter(model, src / child, name=child, activate=False, load_head=False)
-                loaded.append(child)
-        fuse = add_fusion(
-            model, children, name, temperature=meta.get("temperature", 1.0), static=meta.get("static", False),
-            activate=False,
-        )  # fmt: skip
-        tensors = _read_tensors(src / FUSION_WEIGHTS)
-        state = {
-            f"{p}.{k}": v
-            for p, m in fusion_modules(model, name).items()
-            for k, v in m.state_dict(keep_vars=True).items()
-        }
-        if set(state) != set(tensors):
-            raise ValueError(f"{src / FUSION_WEIGHTS}: keys do not match the fusion's layers in this model")
-        with torch.no_grad():
-            for key, value in tensors.items():
-                _copy_tensor(state[key], value, key, src / FUSION_WEIGHTS)
-    except Exception:
-        # All or nothing: never leave a half-loaded fusion or its freshly loaded adapters behind.
-        if fuse is not None:
-            delete_fusion(model, name)
-        for child in loaded:
-            delete_adapter(model, child)
-        raise
-    if (src / "head.safetensors").is_file():
-        _copy_head(model, _read_tensors(src / "head.safetensors"), src / "head.safetensors")
-    if activate:
-        set_active(model, fuse)
-    return fuse
 
 
 def average_adapters(model: nn.Module, names: list[str], new_name: str, weights: list[float] | None = None) -> None:

@@ -1,0 +1,115 @@
+"""Save and load AdapterFusion: ``fusion_config.json`` + ``fusion.safetensors``, one sub-folder per fused adapter
+and the task head. Loading is all or nothing: on any failure the fusion and the adapters this call loaded are
+removed again."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ..core.composition import Fuse
+from ..core.model import DEFAULT_HEADS, delete_adapter, head_modules, list_adapters, set_active
+from ..methods.fusion import add_fusion, delete_fusion, fusion_modules
+from ..util import atomic_dir_write
+from ..version import __version__
+from .names import FUSION_CONFIG, FUSION_WEIGHTS, HEAD_FILE
+from .native import (
+    copy_checked_tensor,
+    copy_head,
+    fingerprint,
+    load_adapter,
+    module_tensors,
+    read_tensors,
+    save_adapter,
+)
+
+__all__ = ["FUSION_CONFIG", "FUSION_WEIGHTS", "load_fusion", "save_fusion"]
+
+
+def save_fusion(
+    model: nn.Module, fuse: Fuse, out_dir: str | os.PathLike[str], *, heads: tuple[str, ...] | None = DEFAULT_HEADS
+) -> Path:
+    """Save a fusion with the adapters it fuses: ``fusion_config.json``, ``fusion.safetensors``, one
+    sub-folder per adapter and the task head."""
+    out = Path(out_dir)
+    layers = fusion_modules(model, fuse.name)
+    first = next(iter(layers.values()))
+    tensors = module_tensors(layers)
+    head_tensors = module_tensors(head_modules(model, heads or ()))
+    meta = {
+        "format": "adaptune.fusion/1",
+        "adaptune_version": __version__,
+        "name": fuse.name,
+        "adapters": list(fuse.children),
+        "temperature": float(first.temperature),
+        "static": first.value is None,
+        "base": fingerprint(model, list(layers)),
+    }
+    files: dict[str, Any] = {
+        FUSION_WEIGHTS: lambda p: save_file(tensors, str(p), metadata={"format": "pt"}),
+        FUSION_CONFIG: lambda p: p.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8"),
+    }
+    if head_tensors:
+        files[HEAD_FILE] = lambda p: save_file(head_tensors, str(p), metadata={"format": "pt"})
+    for child in fuse.children:
+        files[child] = functools.partial(lambda c, p: save_adapter(model, c, p, heads=None), child)
+    atomic_dir_write(out, files)
+    return out
+
+
+def load_fusion(model: nn.Module, folder: str | os.PathLike[str], *, activate: bool = True) -> Fuse:
+    """Load a fusion saved by ``save_fusion`` (its adapters too, unless already in the model)."""
+    src = Path(folder)
+    cfg = src / FUSION_CONFIG
+    if not cfg.is_file():
+        raise FileNotFoundError(f"{cfg}: missing (a fusion folder holds {FUSION_CONFIG} and {FUSION_WEIGHTS})")
+    try:
+        meta = json.loads(cfg.read_text(encoding="utf-8"))
+        children, name = list(meta["adapters"]), meta["name"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{cfg}: not a valid fusion config ({err})") from None
+    loaded: list[str] = []  # adapters this call adds: removed again if anything below fails
+    fuse = None
+    try:
+        for child in children:
+            if child not in list_adapters(model):
+                load_adapter(model, src / child, name=child, activate=False, load_head=False)
+                loaded.append(child)
+        fuse = add_fusion(
+            model,
+            children,
+            name,
+            temperature=meta.get("temperature", 1.0),
+            static=meta.get("static", False),
+            activate=False,
+        )
+        tensors = read_tensors(src / FUSION_WEIGHTS)
+        state = {
+            f"{p}.{k}": v
+            for p, m in fusion_modules(model, name).items()
+            for k, v in m.state_dict(keep_vars=True).items()
+        }
+        if set(state) != set(tensors):
+            raise ValueError(f"{src / FUSION_WEIGHTS}: keys do not match the fusion's layers in this model")
+        with torch.no_grad():
+            for key, value in tensors.items():
+                copy_checked_tensor(state[key], value, key, src / FUSION_WEIGHTS)
+    except Exception:
+        # All or nothing: never leave a half-loaded fusion or its freshly loaded adapters behind.
+        if fuse is not None:
+            delete_fusion(model, name)
+        for child in loaded:
+            delete_adapter(model, child)
+        raise
+    if (src / HEAD_FILE).is_file():
+        copy_head(model, read_tensors(src / HEAD_FILE), src / HEAD_FILE)
+    if activate:
+        set_active(model, fuse)
+    return fuse

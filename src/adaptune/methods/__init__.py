@@ -1,0 +1,10 @@
+"""Adapter methods: one module each (bottleneck, fusion, ...), built on ``adaptune.core`` only.
+
+Registry: each method module defines a ``METHOD`` (``core.contract.Method``); registering it here is the one
+line a new method adds outside its own file.
+"""
+
+from ..core.contract import register_method
+from . import bottleneck
+
+register_method(bottleneck.METHOD)

@@ -1,0 +1,1 @@
+"""Datasets: file parsing (``files``), built-in datasets (``builtin``), splitting and checks (``datasets``)."""

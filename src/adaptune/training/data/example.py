@@ -1,0 +1,19 @@
+"""One example of any task: the unit every reader produces and every task encodes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Example"]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One example; which fields are set depends on the task."""
+
+    text: str  # classification input / qa question / causal-lm prompt ("" for plain LM text)
+    label: str | None = None  # classification label, as a string
+    target: str | None = None  # qa answer / causal-lm completion
+    tests: str | None = None  # code problems: test source (HumanEval "test") for pass@1
+    entry_point: str | None = None  # code problems: the function name the tests call
+    source: str = ""  # "path:line" (or "package/file:line") where it came from, for messages
