@@ -14,6 +14,7 @@ from torch import nn
 import adaptune
 from adaptune import AdapterConfig, Average, Fuse, PerExample, Stack
 from adaptune.core.composition import from_dict, parse, to_dict
+from adaptune.core.slot import ForwardState
 
 from .conftest import tiny_bert_classifier
 from .test_model import logits, randomize
@@ -108,7 +109,7 @@ def test_valid_nesting_and_serialisation() -> None:
     h = raw_output(model, x)
     a = model[2].adapters["a"]
     adaptune.set_active(model, fuse)
-    fused_after_a = model[2].adapters.apply_setup(fuse, a(h), None)
+    fused_after_a = model[2].adapters.apply_setup(fuse, ForwardState(a(h)))
     adaptune.set_active(model, setup)
     torch.testing.assert_close(model(x), fused_after_a)
     assert from_dict(to_dict(setup)) == setup

@@ -13,15 +13,19 @@ any block, one per example, and nothing holds a PerExample. Anything else is ref
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, ClassVar
 
 __all__ = [
+    "BLOCKS",
     "NESTING",
     "Average",
+    "Block",
     "Fuse",
     "Node",
     "PerExample",
+    "Setup",
     "Stack",
     "adapter_names",
     "from_dict",
@@ -31,7 +35,21 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Stack:
+class Block:
+    """What every composition block shares: its ``children`` (the tree functions below only read those) and the
+    extra fields it writes to ``to_dict`` besides ``type`` and ``children``."""
+
+    children: tuple[Setup, ...]
+    extra_fields: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_parts(cls, children: list[Setup], data: dict[str, Any]) -> Block:
+        """Rebuild a block from its children and the extra fields of its ``to_dict`` form."""
+        return cls(*children)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Stack(Block):
     """Apply children in order: ``h' = c_n(...c_1(h))``."""
 
     children: tuple[Node, ...]
@@ -41,44 +59,73 @@ class Stack:
 
 
 @dataclass(frozen=True)
-class Fuse:
+class Fuse(Block):
     """AdapterFusion over the named adapters; ``name`` is the fusion layer's name in the model."""
 
     children: tuple[str, ...]
     name: str
+    extra_fields: ClassVar[tuple[str, ...]] = ("name",)
 
     def __init__(self, *children: str, name: str | None = None) -> None:
         object.__setattr__(self, "children", tuple(children))
         default = "fusion_" + "_".join(c if isinstance(c, str) else type(c).__name__.lower() for c in children)
         object.__setattr__(self, "name", name or default)
 
+    @classmethod
+    def from_parts(cls, children: list[Setup], data: dict[str, Any]) -> Fuse:
+        return cls(*children, name=data.get("name"))  # type: ignore[arg-type]
+
 
 @dataclass(frozen=True)
-class Average:
+class Average(Block):
     """Weighted mean of the children's outputs; weights are normalised to sum to 1."""
 
     children: tuple[Node, ...]
     weights: tuple[float, ...]
+    extra_fields: ClassVar[tuple[str, ...]] = ("weights",)
 
-    def __init__(self, *children: Node, weights: tuple[float, ...] | None = None) -> None:
+    def __init__(self, *children: Node, weights: Iterable[float] | None = None) -> None:
         w = tuple(float(x) for x in (weights if weights is not None else [1.0] * len(children)))
         if len(w) != len(children) or any(x < 0 for x in w) or sum(w) <= 0:
             raise ValueError(f"Average weights {w}: need one non-negative weight per child, not all zero")
         object.__setattr__(self, "children", tuple(children))
         object.__setattr__(self, "weights", tuple(x / sum(w) for x in w))
 
+    @classmethod
+    def from_parts(cls, children: list[Setup], data: dict[str, Any]) -> Average:
+        return cls(*children, weights=data.get("weights"))  # type: ignore[arg-type]
+
 
 @dataclass(frozen=True)
-class PerExample:
-    """One setup per example in the batch (``None``: that example runs without adapters)."""
+class PerExample(Block):
+    """One setup per example in the batch (``None``: that example runs without adapters).
 
-    setups: tuple[Node | None, ...]
+    Under ``generate(num_beams=k)`` or ``num_return_sequences=k`` the batch holds k rows per prompt
+    (``repeat_interleave`` order); the slot then runs each setup on its prompt's k rows.
+    """
 
-    def __init__(self, setups: Any) -> None:
-        object.__setattr__(self, "setups", tuple(setups))
+    children: tuple[Node | None, ...]
+
+    def __init__(self, setups: Iterable[Node | None]) -> None:
+        object.__setattr__(self, "children", tuple(setups))
+
+    @property
+    def setups(self) -> tuple[Node | None, ...]:
+        """The per-example setups (the block's ``children``; the name of the constructor argument)."""
+        return self.children
+
+    @classmethod
+    def from_parts(cls, children: list[Setup], data: dict[str, Any]) -> PerExample:
+        return cls(children)  # type: ignore[arg-type]
 
 
-Node = Union[str, Stack, Fuse, Average]  # noqa: UP007 (a runtime alias used in isinstance-free annotations)
+# What may stand where a setup is expected: an adapter name or a block that may be nested ...
+Node = str | Stack | Fuse | Average
+# ... and, at the top only, a PerExample, or None for "no adapters".
+Setup = Node | PerExample | None
+
+# block type name -> class, for ``from_dict``
+BLOCKS: dict[str, type[Block]] = {cls.__name__: cls for cls in (Stack, Fuse, Average, PerExample)}
 
 # block type -> the child kinds it may hold ("adapter" = a plain adapter name)
 NESTING: dict[str, tuple[str, ...]] = {
@@ -98,66 +145,54 @@ def _kind(node: Any) -> str:
 
 
 def validate(node: Any, known: list[str]) -> None:
-    """Raise ValueError if ``node`` nests blocks illegally or names unknown adapters."""
+    """Raise ValueError if ``node`` nests blocks illegally, KeyError if it names unknown adapters."""
     kind = _kind(node)
     if kind == "adapter":
         if node not in known:
             raise KeyError(f"unknown adapter {node!r}; adapters in the model: {known}")
         return
-    if kind not in NESTING:
+    if kind not in NESTING or not isinstance(node, Block):
         raise ValueError(f"{node!r} is not an adapter name or a composition block")
-    children = node.setups if kind == "PerExample" else node.children
-    if not children:
+    if not node.children:
         raise ValueError(f"{kind} needs at least one child")
-    for child in children:
+    for child in node.children:
         if _kind(child) not in NESTING[kind]:
             raise ValueError(f"{kind} cannot contain {_kind(child)} ({child!r}); allowed: {', '.join(NESTING[kind])}")
         if child is not None:
             validate(child, known)
 
 
-def adapter_names(node: Any) -> list[str]:
+def adapter_names(node: Setup) -> list[str]:
     """Every adapter name a setup uses, in first-use order."""
     if node is None:
         return []
     if isinstance(node, str):
         return [node]
-    children = node.setups if isinstance(node, PerExample) else node.children
     seen: dict[str, None] = {}
-    for child in children:
+    for child in node.children:
         seen.update(dict.fromkeys(adapter_names(child)))
     return list(seen)
 
 
-def to_dict(node: Any) -> Any:
-    """JSON-ready form: a name, or ``{"type": ..., "children": [...], ...}``."""
+def to_dict(node: Setup) -> Any:
+    """JSON-ready form: a name, ``None``, or ``{"type": ..., "children": [...], <extra fields>}``."""
     if node is None or isinstance(node, str):
         return node
-    if isinstance(node, PerExample):
-        return {"type": "PerExample", "setups": [to_dict(c) for c in node.setups]}
     out: dict[str, Any] = {"type": type(node).__name__, "children": [to_dict(c) for c in node.children]}
-    if isinstance(node, Fuse):
-        out["name"] = node.name
-    if isinstance(node, Average):
-        out["weights"] = list(node.weights)
+    for field in node.extra_fields:
+        value = getattr(node, field)
+        out[field] = list(value) if isinstance(value, tuple) else value
     return out
 
 
-def from_dict(data: Any) -> Any:
-    """Inverse of ``to_dict``."""
+def from_dict(data: Any) -> Setup:
+    """Inverse of ``to_dict``; also reads the older ``{"type": "PerExample", "setups": [...]}`` form."""
     if data is None or isinstance(data, str):
         return data
-    if not isinstance(data, dict) or data.get("type") not in NESTING:
+    if not isinstance(data, dict) or data.get("type") not in BLOCKS:
         raise ValueError(f"not a composition: {data!r}")
-    kind = data["type"]
-    if kind == "PerExample":
-        return PerExample(from_dict(c) for c in data["setups"])
-    children = [from_dict(c) for c in data.get("children", [])]
-    if kind == "Stack":
-        return Stack(*children)
-    if kind == "Fuse":
-        return Fuse(*children, name=data.get("name"))
-    return Average(*children, weights=data.get("weights"))
+    raw = data.get("children", data.get("setups", []))  # "setups": PerExample as written before it had children
+    return BLOCKS[data["type"]].from_parts([from_dict(c) for c in raw], data)  # type: ignore[return-value]
 
 
 def parse(text: str) -> Node:

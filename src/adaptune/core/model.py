@@ -166,16 +166,15 @@ def set_active(model: nn.Module, setup: Any) -> None:
 
 
 def _check_fusions(model: nn.Module, node: Any) -> None:
-    from .composition import Fuse
+    """Raise ValueError if a ``Fuse`` anywhere in ``node`` has no fusion layer in the model."""
+    from .composition import Block, Fuse
 
-    children = getattr(node, "setups", None) or getattr(node, "children", ())
     if isinstance(node, Fuse):
         have = {n for s in adapter_slots(model).values() for n, m in s.items() if isinstance(m, MixerModule)}
         if node.name not in have:
             raise ValueError(f"{node!r}: no fusion layer named {node.name!r}; create it with adaptune.add_fusion")
-        return
-    for child in children:
-        if child is not None and not isinstance(child, str):
+    elif isinstance(node, Block):  # every block keeps its sub-setups in ``children`` (None and names have none)
+        for child in node.children:
             _check_fusions(model, child)
 
 

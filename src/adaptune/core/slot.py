@@ -15,16 +15,35 @@ Hooks are bound methods of the slot, so ``copy.deepcopy`` of the model rebinds t
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .composition import Average, Fuse, PerExample, Stack, adapter_names
+from .composition import Average, Fuse, PerExample, Setup, Stack, adapter_names
 from .contract import AdapterModule, MixerModule
 
-__all__ = ["AdapterSlot"]
+__all__ = ["AdapterSlot", "ForwardState"]
+
+
+class ForwardState(NamedTuple):
+    """What a composition reads at one call of the host, channels last.
+
+    Attributes:
+        h: the hidden state being adapted, (B, T, d); in post-LN mode the closing LayerNorm's input ``v``.
+        x: the FFN input, (B, T, d_in), for parallel adapters (``None`` when no parallel adapter runs).
+        norm: the host LayerNorm, for post-LN adapters (``None`` otherwise).
+    """
+
+    h: torch.Tensor
+    x: torch.Tensor | None = None
+    norm: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def rows(self, idx: torch.Tensor) -> ForwardState:
+        """The same state for the batch rows ``idx`` only."""
+        return self._replace(h=self.h.index_select(0, idx), x=None if self.x is None else self.x.index_select(0, idx))
 
 
 class AdapterSlot(nn.ModuleDict):
@@ -35,12 +54,17 @@ class AdapterSlot(nn.ModuleDict):
         input_module: for parallel adapters where the FFN input is the input of another module (BERT's
             ``intermediate.dense``); ``None`` if the host's own input is the FFN input.
         layer: the block index of the host (-1 outside blocks), for AdapterDrop.
+        channels_first: the host's output and the FFN input are (B, C, T) (1x1 ``nn.Conv1d`` projections, as in
+            SqueezeBERT); the slot runs the adapters on (B, T, C) and hands (B, C, T) back.
     """
 
-    def __init__(self, host: nn.Module, input_module: nn.Module | None = None, layer: int = -1) -> None:
+    def __init__(
+        self, host: nn.Module, input_module: nn.Module | None = None, layer: int = -1, channels_first: bool = False
+    ) -> None:
         super().__init__()
-        self.active: Any = None  # a composition node (name, Stack, Fuse, Average, PerExample) or None
+        self.active: Setup = None
         self.layer = layer
+        self.channels_first = channels_first
         self.skip = False  # AdapterDrop: always skip this slot
         self.drop_prob = 0.0  # AdapterDrop while training: skip with this probability per forward
         self.has_input_module = input_module is not None
@@ -76,6 +100,7 @@ class AdapterSlot(nn.ModuleDict):
         """Modes of the active adapters here (empty: nothing runs in this slot)."""
         return {self[n].mode for n in self.running()}
 
+    # ---- hooks ---------------------------------------------------------------------------------
     def _capture_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if self.active is not None and "parallel" in self._modes():
             self._pending_input = args[0]
@@ -98,6 +123,10 @@ class AdapterSlot(nn.ModuleDict):
             return True
         return self.training and self.drop_prob > 0 and bool(torch.rand(()) < self.drop_prob)
 
+    def _last(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, C, T) <-> (B, T, C) for channels-first hosts (a transpose is its own inverse); else ``t``."""
+        return t.transpose(1, 2) if self.channels_first else t
+
     def _after_host(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
         modes = self._modes() if self.active is not None else set()
         if not modes:
@@ -111,82 +140,115 @@ class AdapterSlot(nn.ModuleDict):
         x = self._host_input(args, kwargs) if "parallel" in modes else None
         if self._skipped():
             return None
+        x = None if x is None else self._last(x)
         if "post_ln" in modes:
             # The host is the sublayer's closing LayerNorm: work on its input v = x + h, re-normalise at the end.
             # ``forward`` (not ``__call__``) so this hook does not run again.
-            norm = module.forward
-            h = norm(self.apply_setup(self.active, args[0], x, norm))
+            norm = self._channels_last_norm(module.forward) if self.channels_first else module.forward
+            h = norm(self.apply_setup(self.active, ForwardState(self._last(args[0]), x, norm)))
         else:
-            h = self.apply_setup(self.active, h, x)
+            h = self.apply_setup(self.active, ForwardState(self._last(h), x))
+        h = self._last(h)
         return h if rest is None else (h, *rest)
 
-    # ---- composition ---------------------------------------------------------------------------
-    def apply_setup(self, node: Any, h: torch.Tensor, x: torch.Tensor | None, norm: Any = None) -> torch.Tensor:
-        """Apply a composition tree to ``h`` (x: the FFN input for parallel adapters; norm: the host LayerNorm
-        for post-LN adapters, where ``h`` is the LayerNorm's input)."""
+    @staticmethod
+    def _channels_last_norm(norm: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A channels-first LayerNorm as a function of (B, T, C) tensors."""
+        return lambda v: norm(v.transpose(1, 2)).transpose(1, 2)
+
+    # ---- composition: one handler per block type -----------------------------------------------
+    def apply_setup(self, node: Setup, state: ForwardState) -> torch.Tensor:
+        """Apply a composition tree to ``state.h`` and return the new hidden state (channels last).
+
+        Raises:
+            TypeError: ``node`` is neither an adapter name nor a block in ``HANDLERS``.
+        """
         if node is None:
-            return h
-        if isinstance(node, str):
-            adapter = self._modules.get(node)
-            if not isinstance(adapter, AdapterModule):
-                return h  # this adapter has no place here (e.g. other layers only)
-            return adapter(self._adapter_input(adapter, h, x, norm), residual=h)
-        if isinstance(node, Stack):
-            for child in node.children:
-                h = self.apply_setup(child, h, x, norm)
-            return h
-        if isinstance(node, Average):
-            outs = [(w, self.apply_setup(c, h, x, norm)) for c, w in zip(node.children, node.weights, strict=True)]
-            return sum((w * o for w, o in outs), torch.zeros_like(h))
-        if isinstance(node, Fuse):
-            return self._fuse(node, h, x, norm)
-        if isinstance(node, PerExample):
-            return self._per_example(node, h, x, norm)
+            return state.h
+        for cls in type(node).__mro__:  # subclasses of str or of a block use their base's handler
+            handler = self.HANDLERS.get(cls)
+            if handler is not None:
+                return handler(self, node, state)
         raise TypeError(f"adaptune: unknown composition block {node!r}")
 
-    @staticmethod
-    def _adapter_input(adapter: AdapterModule, h: torch.Tensor, x: torch.Tensor | None, norm: Any) -> torch.Tensor:
-        if adapter.mode == "parallel":
-            assert x is not None
-            return x
-        if adapter.mode == "post_ln":
-            return norm(h)
-        return h
+    def _adapter(self, name: str, state: ForwardState) -> torch.Tensor:
+        adapter = self._modules.get(name)
+        if not isinstance(adapter, AdapterModule):
+            return state.h  # this adapter has no place here (e.g. other layers only)
+        return adapter(self._adapter_input(adapter, state), residual=state.h)
 
-    def _fuse(self, node: Fuse, h: torch.Tensor, x: torch.Tensor | None, norm: Any = None) -> torch.Tensor:
+    def _stack(self, node: Stack, state: ForwardState) -> torch.Tensor:
+        for child in node.children:
+            state = state._replace(h=self.apply_setup(child, state))
+        return state.h
+
+    def _average(self, node: Average, state: ForwardState) -> torch.Tensor:
+        outs = [(w, self.apply_setup(c, state)) for c, w in zip(node.children, node.weights, strict=True)]
+        return sum((w * o for w, o in outs), torch.zeros_like(state.h))
+
+    @staticmethod
+    def _adapter_input(adapter: AdapterModule, state: ForwardState) -> torch.Tensor:
+        if adapter.mode == "parallel":
+            assert state.x is not None  # _after_host captures x whenever a parallel adapter is active
+            return state.x
+        if adapter.mode == "post_ln":
+            assert state.norm is not None  # _after_host passes the host LayerNorm whenever one is post-LN
+            return state.norm(state.h)
+        return state.h
+
+    def _fuse(self, node: Fuse, state: ForwardState) -> torch.Tensor:
         present = [c for c in node.children if isinstance(self._modules.get(c), AdapterModule)]
         fusion = self._modules.get(node.name)
         if not present:
-            return h
+            return state.h
         if not isinstance(fusion, MixerModule):
             raise RuntimeError(f"adaptune: no fusion layer {node.name!r} here; call add_fusion first")
         deltas = []
         for name in present:
             adapter = self[name]
-            deltas.append(adapter(self._adapter_input(adapter, h, x, norm), residual=h, delta_only=True))
+            deltas.append(adapter(self._adapter_input(adapter, state), residual=state.h, delta_only=True))
         # The query is the adapters' input: h itself, or LN(h) where the adapters are post-LN.
-        query = norm(h) if any(self[n].mode == "post_ln" for n in present) else h
-        out, _ = fusion(query, torch.stack(deltas, dim=-2), residual=h)  # (..., n, d) -> (..., d)
+        post_ln = any(self[n].mode == "post_ln" for n in present)
+        query = state.norm(state.h) if post_ln and state.norm is not None else state.h
+        out, _ = fusion(query, torch.stack(deltas, dim=-2), residual=state.h)  # (..., n, d) -> (..., d)
         return out
 
-    def _per_example(
-        self, node: PerExample, h: torch.Tensor, x: torch.Tensor | None, norm: Any = None
-    ) -> torch.Tensor:
-        if h.shape[0] != len(node.setups):
-            raise ValueError(
-                f"adaptune: per-example setup has {len(node.setups)} entries but the hooked tensor has leading "
-                f"dimension {h.shape[0]} (batch size mismatch, or this architecture flattens the batch here)"
-            )
-        groups: dict[Any, list[int]] = {}
-        for i, setup in enumerate(node.setups):
+    def _per_example(self, node: PerExample, state: ForwardState) -> torch.Tensor:
+        h = state.h
+        setups = _rows_setups(node, h.shape[0])
+        groups: dict[Setup, list[int]] = {}
+        for i, setup in enumerate(setups):
             groups.setdefault(setup, []).append(i)
         if len(groups) == 1:  # the whole batch shares one setup: no gather/scatter
-            return self.apply_setup(node.setups[0], h, x, norm)
+            return self.apply_setup(setups[0], state)
         out = h
-        for setup, rows in groups.items():
+        for setup, rows in groups.items():  # one gather/scatter per distinct setup, not per example
             if setup is None:
                 continue
             idx = torch.tensor(rows, device=h.device)
-            sub_x = x.index_select(0, idx) if x is not None else None
-            out = out.index_copy(0, idx, self.apply_setup(setup, h.index_select(0, idx), sub_x, norm))
+            out = out.index_copy(0, idx, self.apply_setup(setup, state.rows(idx)))
         return out
+
+    # block type -> its handler; a new block adds one entry here (and its nesting rule in composition.NESTING)
+    HANDLERS: ClassVar[dict[type, Callable[[AdapterSlot, Any, ForwardState], torch.Tensor]]] = {
+        str: _adapter,
+        Stack: _stack,
+        Average: _average,
+        Fuse: _fuse,
+        PerExample: _per_example,
+    }
+
+
+def _rows_setups(node: PerExample, rows: int) -> tuple[Setup, ...]:
+    """The setup of each of ``rows`` batch rows: one per example, or k per example when generation expanded the
+    batch k-fold (beam search, ``num_return_sequences``: ``repeat_interleave`` order, the k rows of a prompt
+    adjacent)."""
+    n = len(node.children)
+    if rows == n:
+        return node.children
+    if n and rows > n and rows % n == 0:
+        return tuple(setup for setup in node.children for _ in range(rows // n))
+    raise ValueError(
+        f"adaptune: per-example setup has {n} entries but the hooked tensor has leading dimension {rows} (neither "
+        f"the batch size nor a multiple of it as in beam search; or this architecture flattens the batch here)"
+    )
