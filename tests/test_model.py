@@ -71,6 +71,7 @@ def test_delete_restores_base_bit_for_bit(bert: nn.Module, ids: torch.Tensor) ->
         randomize(bert, f"a{i}", i)
     adaptune.set_active(bert, ["a0", "a1", "a2"])
     assert not torch.equal(logits(bert, ids), base)
+    adaptune.set_active(bert, None)  # deleting an adapter of the active setup is refused
     for name in adaptune.list_adapters(bert):
         adaptune.delete_adapter(bert, name)
     assert torch.equal(logits(bert, ids), base)
@@ -140,11 +141,41 @@ def test_plan_counts_match_added_parameters(bert: nn.Module) -> None:
     assert "attention" in p.table()
 
 
+def test_delete_refuses_an_adapter_of_the_active_setup(bert: nn.Module, ids: torch.Tensor) -> None:
+    for name in ("a", "b"):
+        adaptune.add_adapter(bert, name, AdapterConfig(init="normal"))
+    adaptune.set_active(bert, ["a", "b"])
+    stacked = logits(bert, ids)
+    with pytest.raises(ValueError, match=r"'a' is part of the active setup Stack\(.*'a', 'b'.*set_active"):
+        adaptune.delete_adapter(bert, "a")
+    # Refused means untouched: both adapters, the setup and the outputs are as before.
+    assert adaptune.list_adapters(bert) == ["a", "b"]
+    assert adaptune.active_adapters(bert) == ["a", "b"]
+    assert torch.equal(logits(bert, ids), stacked)
+    adaptune.set_active(bert, "b")
+    only_b = logits(bert, ids)
+    adaptune.delete_adapter(bert, "a")  # not in the setup any more: allowed, and the setup stays
+    assert adaptune.list_adapters(bert) == ["b"]
+    assert adaptune.active_setup(bert) == "b"
+    assert torch.equal(logits(bert, ids), only_b)
+
+
+def test_delete_refuses_an_adapter_inside_a_fusion_setup(bert: nn.Module) -> None:
+    for name in ("a", "b", "c"):
+        adaptune.add_adapter(bert, name, AdapterConfig(init="normal"))
+    fuse = adaptune.add_fusion(bert, ["a", "b"])
+    with pytest.raises(ValueError, match="active setup Fuse"):
+        adaptune.delete_adapter(bert, "b")
+    adaptune.delete_adapter(bert, "c")
+    assert adaptune.active_setup(bert) == fuse
+
+
 def test_deepcopy_is_independent(bert: nn.Module, ids: torch.Tensor) -> None:
     adaptune.add_adapter(bert, "a")
     randomize(bert, "a")
     twin = copy.deepcopy(bert)
     assert torch.equal(logits(twin, ids), logits(bert, ids))
+    adaptune.set_active(twin, None)
     adaptune.delete_adapter(twin, "a")
     assert adaptune.list_adapters(bert) == ["a"]
     assert not torch.equal(logits(twin, ids), logits(bert, ids))

@@ -13,7 +13,7 @@ from .version import __version__  # noqa: I001 (first: every layer reads it)
 from . import methods  # noqa: F401 (registers the adapter methods with the core)
 from .core.base_dropout import set_base_dropout
 from .core.composition import Average, Fuse, PerExample, Stack
-from .core.config import AdapterConfig, parse_layers
+from .core.config import MethodConfig, parse_layers
 from .methods.fusion import (
     Fusion,
     add_fusion,
@@ -46,7 +46,7 @@ from .core.model import (
     train_adapter,
     trainable_summary,
 )
-from .methods.bottleneck import Bottleneck
+from .methods.bottleneck import AdapterConfig, Bottleneck
 from .core.placement import Block, Target, find_blocks, find_targets
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "Bottleneck",
     "Fuse",
     "Fusion",
+    "MethodConfig",
     "ParamSummary",
     "PerExample",
     "Plan",

@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..core.config import ACTIVATIONS, PLACEMENTS, AdapterConfig
+from ..core.config import PLACEMENTS
 from ..formats.names import FUSION_CONFIG, HUB_SETUP, TASK_FILE
+from ..methods.bottleneck import ACTIVATIONS, AdapterConfig
 from ..training.distributed import STRATEGIES
 from ..version import __version__
 

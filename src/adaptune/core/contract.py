@@ -1,14 +1,28 @@
 """The written contract between the core and adapter methods, and the registry that joins them.
 
-The core (slot, composition, model API) never names a method. It sees two kinds of module:
+The core (placement, slot, composition, model API, native save/load) never names a method's classes. It sees:
 
-- ``AdapterModule``: one method's adapter at one place. The slot calls ``forward(x, residual, delta_only)``
-  and reads ``mode`` to know which input to pass; ``config`` says where the adapter goes.
-- ``MixerModule``: a layer that combines several adapters' deltas at one place (AdapterFusion).
+- ``MethodConfig`` (``core.config``): where an adapter goes, plus the method's own fields;
+- ``AdapterModule``: one method's adapter at one place (one ``Target``);
+- ``MixerModule``: a layer that combines several adapters' deltas at one place (AdapterFusion);
+- ``Method``: the registry entry joining a method name, its config class and how to build its module.
 
-A method registers a ``Method`` (its name, its config class and how to build its module for a target), so
-``add_adapter`` builds whatever the config asks for and a new method touches only its own file and one
-registry line (``adaptune/methods/__init__.py``).
+What a new method provides (one file under ``adaptune/methods/`` plus one ``register_method`` line in
+``adaptune/methods/__init__.py``):
+
+1. A frozen dataclass config subclassing ``MethodConfig`` with ``method: ClassVar[str] = "<name>"``, its own
+   fields (with defaults, so files from older versions load) and a ``_validate`` that calls ``super()``.
+   ``to_dict`` / ``from_dict`` are inherited; ``to_dict`` writes ``method`` so a saved file says which method
+   reads it back.
+2. An ``AdapterModule`` subclass built from ``(target, config)``: it sets ``method``, ``config``, ``mode``
+   (``target.mode``) and ``out_width`` (``target.out_width``), and implements ``forward`` as described on the
+   class. Its parameters are what gets trained and saved (its ``state_dict``, keys unchanged); nothing else
+   of the model is touched.
+3. ``METHOD = Method("<name>", TheConfig, build)`` where ``build(target, config)`` returns the module, and
+   ``modes`` lists the slot modes the method can run in (``add_adapter`` refuses the others with a clear error).
+
+Everything else (add / activate / train / delete / plan, composition, AdapterDrop, save / load with base
+checks) then works for the new method unchanged.
 """
 
 from __future__ import annotations
@@ -20,33 +34,67 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from .config import MethodConfig
+
 if TYPE_CHECKING:
     from .placement import Target
 
-__all__ = ["METHODS", "AdapterModule", "Method", "MixerModule", "build_adapter", "method_for", "register_method"]
+__all__ = [
+    "DEFAULT_METHOD",
+    "METHODS",
+    "MODES",
+    "AdapterModule",
+    "Method",
+    "MixerModule",
+    "build_adapter",
+    "config_from_dict",
+    "default_config",
+    "method_for",
+    "method_named",
+    "register_method",
+]
+
+# The slot modes (how the slot calls an adapter; ``Target.mode``).
+MODES: tuple[str, ...] = ("output", "parallel", "post_ln")
+# The method of a config written before configs named their method, and of ``add_adapter(model, name)``.
+DEFAULT_METHOD = "bottleneck"
 
 
 class AdapterModule(nn.Module):
     """Base class of every adapter method's per-place module.
 
-    Subclasses set ``method`` (the registry name) and, in ``__init__``, ``config`` and ``mode``
-    (``"output"``: adapt the host's output; ``"parallel"``: read the sublayer input, add to its output;
-    ``"post_ln"``: the host is a closing LayerNorm, adapt ``LN(v)`` and re-normalise ``v + delta``).
+    Where it hooks is decided by placement (``core.placement.Target``); the slot on the target module calls
+    the adapter according to ``mode``:
+
+    - ``"output"``: ``forward(h)`` with ``h`` the host module's output (..., out_width);
+    - ``"parallel"``: ``forward(x, residual=h)`` with ``x`` the sublayer's input (..., in_width) and ``h`` its
+      output (..., out_width);
+    - ``"post_ln"``: the host is a closing LayerNorm ``LN(v)``; ``forward(LN(v), residual=v)`` and the slot
+      re-normalises the result.
+
+    Tensors arrive channels-last ``(..., width)`` whatever the host's layout (the slot transposes
+    channels-first hosts such as 1x1 ``nn.Conv1d``).
+
+    Subclasses set ``method`` (the registry name) and, in ``__init__``, ``config`` (their ``MethodConfig``),
+    ``mode`` and ``out_width``. They must not change state inside ``forward`` (no counters, no decays, no
+    in-place edits of inputs), and a freshly built adapter should be an exact identity (its delta zero) so
+    adding one leaves the model's outputs unchanged.
     """
 
     method: ClassVar[str] = ""
-    config: Any
+    config: MethodConfig
     mode: str
+    out_width: int
 
     def forward(  # pragma: no cover - the contract; subclasses implement it
         self, x: torch.Tensor, residual: torch.Tensor | None = None, delta_only: bool = False
     ) -> torch.Tensor:
-        """``residual + delta(x)`` (``residual`` defaults to ``x``), in the residual's dtype; with ``delta_only``
-        the delta alone (what fusion attends over)."""
+        """``residual + delta(x)`` (``residual`` defaults to ``x``) in the residual's dtype; with ``delta_only``
+        the delta alone (..., out_width), which fusion attends over and averaging mixes."""
         raise NotImplementedError
 
     def num_parameters(self) -> int:
-        """Parameters this module adds to the model."""
+        """Parameters this module adds to the model (``plan`` reports it before anything is attached)."""
         return sum(p.numel() for p in self.parameters())
 
 
@@ -65,27 +113,63 @@ class MixerModule(nn.Module):
 
 @dataclass(frozen=True)
 class Method:
-    """A registered adapter method: its name, config class and module builder."""
+    """A registered adapter method.
+
+    Attributes:
+        name: the registry name, equal to ``config_class.method`` (saved as ``method`` in adapter_config.json).
+        config_class: the method's ``MethodConfig`` subclass.
+        build: ``(target, config) -> AdapterModule`` for one place.
+        modes: the slot modes the method supports (``Target.mode``).
+    """
 
     name: str
-    config_class: type
-    build: Callable[[Target, Any], AdapterModule]  # (target, config) -> the module for that place
+    config_class: type[MethodConfig]
+    build: Callable[[Target, Any], AdapterModule]
+    modes: tuple[str, ...] = MODES
 
 
 METHODS: dict[str, Method] = {}
 
 
 def register_method(method: Method) -> Method:
-    """Make a method known to the core (called once per method, at import of ``adaptune.methods``)."""
+    """Make a method known to the core (called once per method, at import of ``adaptune.methods``).
+
+    Raises:
+        ValueError: the name is taken by another method, or does not match ``config_class.method``.
+    """
+    if method.config_class.method != method.name:
+        raise ValueError(
+            f"method {method.name!r}: its config class {method.config_class.__name__} says "
+            f"method={method.config_class.method!r}; they must agree (it is what saved files record)"
+        )
+    if unknown := sorted(set(method.modes) - set(MODES)):
+        raise ValueError(f"method {method.name!r}: unknown modes {unknown}; expected some of {MODES}")
     if method.name in METHODS and METHODS[method.name] != method:
         raise ValueError(f"adapter method {method.name!r} is already registered")
     METHODS[method.name] = method
     return method
 
 
+def method_named(name: Any, source: str = "adapter config") -> Method:
+    """The registered method called ``name``.
+
+    Raises:
+        ValueError: no such method; names ``source``, the ``method`` field and the known methods.
+    """
+    if not isinstance(name, str) or name not in METHODS:
+        raise ValueError(
+            f"{source}: field 'method' is {name!r}, which is not a known adapter method "
+            f"(known: {', '.join(sorted(METHODS)) or 'none'})"
+        )
+    return METHODS[name]
+
+
 def method_for(config: Any) -> Method:
     """The registered method whose config class ``config`` is an instance of."""
     for method in METHODS.values():
+        if type(config) is method.config_class:
+            return method
+    for method in METHODS.values():  # a user's subclass of a method's config
         if isinstance(config, method.config_class):
             return method
     raise TypeError(
@@ -93,6 +177,35 @@ def method_for(config: Any) -> Method:
     )
 
 
-def build_adapter(target: Target, config: Any) -> AdapterModule:
-    """The adapter module ``config`` puts at ``target``."""
-    return method_for(config).build(target, config)
+def config_from_dict(data: Any, source: str = "adapter config") -> MethodConfig:
+    """Read a config dict written by ``MethodConfig.to_dict``, dispatching on its ``method`` key.
+
+    A dict without ``method`` (written before configs named their method) is a ``DEFAULT_METHOD`` config.
+
+    Raises:
+        ValueError: not a dict, an unknown method, or an invalid value; the message starts with ``source``.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    method = method_named(data.get("method", DEFAULT_METHOD), source)
+    return method.config_class.from_dict(data, source=source)
+
+
+def default_config() -> MethodConfig:
+    """The config ``add_adapter`` and ``plan`` use when given none: ``DEFAULT_METHOD``'s defaults."""
+    return method_named(DEFAULT_METHOD, "default adapter config").config_class()
+
+
+def build_adapter(target: Target, config: MethodConfig) -> AdapterModule:
+    """The adapter module ``config`` puts at ``target``.
+
+    Raises:
+        ValueError: the method cannot run in the target's mode.
+    """
+    method = method_for(config)
+    if target.mode not in method.modes:
+        raise ValueError(
+            f"adapter method {method.name!r} cannot run at {target.module} in mode {target.mode!r} "
+            f"(it supports {', '.join(method.modes)}); pick another placement"
+        )
+    return method.build(target, config)

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from .composition import Stack, adapter_names, validate
-from .config import AdapterConfig
-from .contract import AdapterModule, MixerModule, build_adapter
+from .config import MethodConfig
+from .contract import AdapterModule, MixerModule, build_adapter, default_config
 from .placement import Target, find_targets
 from .slot import AdapterSlot
 
@@ -76,7 +76,7 @@ def adapter_modules(model: nn.Module, name: str) -> dict[str, AdapterModule]:
     return found
 
 
-def adapter_config(model: nn.Module, name: str) -> AdapterConfig:
+def adapter_config(model: nn.Module, name: str) -> MethodConfig:
     """The config an adapter was added with."""
     return next(iter(adapter_modules(model, name).values())).config
 
@@ -89,7 +89,7 @@ def adapter_targets(model: nn.Module, name: str) -> list[str]:
 def add_adapter(
     model: nn.Module,
     name: str,
-    config: AdapterConfig | None = None,
+    config: MethodConfig | None = None,
     *,
     activate: bool = True,
     dtype: torch.dtype = torch.float32,
@@ -99,14 +99,18 @@ def add_adapter(
     Args:
         model: any ``nn.Module``; Transformers models are found by structure (see ``placement``).
         name: a Python identifier, unique in the model.
-        config: what and where; defaults to ``AdapterConfig.pfeiffer()``.
+        config: what and where: any registered method's config (``MethodConfig`` subclass); defaults to
+            ``AdapterConfig.pfeiffer()`` (a bottleneck adapter after each FFN).
         activate: make ``name`` the only active adapter.
         dtype: the adapter's parameter dtype (its branch runs in it and is cast back to the host's).
 
     Returns:
         The targets the adapter was attached to.
+
+    Raises:
+        ValueError: a bad or taken name, no place found, or a method that cannot run at a target's mode.
     """
-    config = config or AdapterConfig.pfeiffer()
+    config = config or default_config()
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"adapter name {name!r}: expected a Python identifier ([A-Za-z_][A-Za-z0-9_]*)")
     if any(name in s for s in adapter_slots(model).values()):  # adapters and fusion layers share a slot's names
@@ -118,7 +122,7 @@ def add_adapter(
         slot = getattr(host, "adapters", None)
         input_module = model.get_submodule(t.input_module) if t.input_module else None
         if slot is None:
-            slot = AdapterSlot(host, input_module, layer=t.layer)
+            slot = AdapterSlot(host, input_module, layer=t.layer, channels_first=t.channels_first)
             slot.train(host.training)  # new modules start in training mode; follow the host's mode
             slot.active = current
             host.add_module("adapters", slot)
@@ -135,15 +139,27 @@ def add_adapter(
 
 
 def delete_adapter(model: nn.Module, name: str) -> None:
-    """Remove an adapter; a slot left without adapters unhooks itself, restoring its host exactly."""
+    """Remove an adapter; a slot left without adapters unhooks itself, restoring its host exactly.
+
+    An adapter the active setup uses is refused rather than silently dropping the whole setup: choose a setup
+    without it first (``set_active(model, None)`` or the remaining adapters), then delete it. Deleting an
+    adapter the active setup does not use keeps the setup.
+
+    Raises:
+        KeyError: no adapter ``name``. ValueError: the active setup uses ``name`` (the message names the setup).
+    """
     slots = adapter_slots(model)
     if name not in list_adapters(model):
         raise KeyError(f"no adapter named {name!r} in the model; adapters: {list_adapters(model)}")
+    using = next((s.active for s in slots.values() if name in adapter_names(s.active)), None)
+    if using is not None:
+        raise ValueError(
+            f"adapter {name!r} is part of the active setup {using!r}; call adaptune.set_active(model, ...) with a "
+            f"setup without it (or None for the bare base model) before deleting it"
+        )
     for host_path, slot in slots.items():
         if isinstance(slot._modules.get(name), AdapterModule):
             del slot[name]
-        if name in adapter_names(slot.active):
-            slot.active = None
         if not slot.adapters():
             slot.remove_hooks()
             delattr(model.get_submodule(host_path), "adapters")
@@ -303,7 +319,8 @@ class Plan:
         """A plain-text table: layer, location, mode, module, width, parameters."""
         rows = [f"{'layer':>5}  {'location':<9} {'mode':<8} {'width':>6} {'params':>9}  module"]
         for t, n in zip(self.targets, self.adapter_params, strict=True):
-            rows.append(f"{t.layer:>5}  {t.location:<9} {t.mode:<8} {t.width:>6} {n:>9,}  {t.module}")
+            width = str(t.out_width) if t.in_width == t.out_width else f"{t.in_width}>{t.out_width}"
+            rows.append(f"{t.layer:>5}  {t.location:<9} {t.mode:<8} {width:>6} {n:>9,}  {t.module}")
         rows.append(
             f"{len(self.targets)} places, {self.total_adapter_params:,} adapter parameters "
             f"= {self.percent:.3f}% of {self.base_params + self.total_adapter_params:,}"
@@ -311,9 +328,9 @@ class Plan:
         return "\n".join(rows)
 
 
-def plan(model: nn.Module, config: AdapterConfig | None = None) -> Plan:
+def plan(model: nn.Module, config: MethodConfig | None = None) -> Plan:
     """Where ``config`` would put adapters in ``model`` and how many parameters each adds."""
-    config = config or AdapterConfig.pfeiffer()
+    config = config or default_config()
     targets = find_targets(model, config)
     counts = [build_adapter(t, config).num_parameters() for t in targets]
     return Plan(targets, counts, trainable_summary(model).total)

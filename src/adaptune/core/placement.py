@@ -2,12 +2,14 @@
 
 Search order (DESIGN.md, principle 3):
 
-1. ``AdapterConfig.target_modules`` — explicit patterns from the user (exact name, ``.suffix`` or regex);
-2. ``ARCH_TABLE`` — a small table keyed by ``config.model_type`` for the few layouts the rule gets wrong;
-3. the structural rule — blocks are the items of the outermost ``nn.ModuleList`` whose items share one class
+1. ``MethodConfig.target_modules`` — explicit patterns from the user (exact name, ``.suffix`` or regex);
+2. the structural rule — blocks are the items of the outermost ``nn.ModuleList`` whose items share one class
    and contain an attention child; in a block the attention output is the last linear writing the block
    width inside the first child named like ``attn|attention``; the FFN output is the last such linear
    elsewhere; fused MoE experts (3-D ``nn.Parameter``) make the FFN target the sublayer module itself.
+   "Linear" means ``nn.Linear``, Transformers' ``Conv1D`` (GPT-2) or a 1x1 ``nn.Conv1d`` (SqueezeBERT);
+3. ``ARCH_TABLE`` — a small table keyed by ``config.model_type`` that overrides the rule's answer for the
+   few layouts it gets wrong.
 
 Nothing here modifies the model.
 """
@@ -20,15 +22,29 @@ from typing import Literal
 
 from torch import nn
 
-from .config import AdapterConfig, parse_layers
+from .config import MethodConfig, parse_layers
 
-__all__ = ["ARCH_TABLE", "Block", "Target", "find_blocks", "find_targets", "is_adaptune_path", "linear_dims"]
+__all__ = [
+    "ARCH_TABLE",
+    "Block",
+    "Target",
+    "find_blocks",
+    "find_targets",
+    "is_adaptune_path",
+    "is_channels_first",
+    "linear_dims",
+]
 
 _ATTN = re.compile(r"attn|attention", re.IGNORECASE)
 
 # model_type -> {"attention"|"ffn"|"parallel": module suffix relative to a block}, for layouts the structural rule
-# gets wrong. Each entry says why. Kept deliberately small: the rule is the default.
-ARCH_TABLE: dict[str, dict[str, str]] = {}
+# gets wrong; kinds not listed keep the rule's answer. Each entry says why. Kept deliberately small: the rule is the
+# default.
+ARCH_TABLE: dict[str, dict[str, str]] = {
+    # The `attention` child ends at the q/k/v projections (the rule would take `value`); the attention output
+    # projection is the sibling `post_attention.conv1d`.
+    "squeezebert": {"attention": "post_attention.conv1d"},
+}
 
 # Post-LN models: each sublayer ends in LN(x + h). Registration order cannot tell them from pre-LN models (BART and
 # mBART declare the same children), so the post-LN interop placements are limited to these model types.
@@ -68,29 +84,60 @@ class Target:
         layer: global block index (module order across stacks), or -1 for a module outside any block.
         location: ``"attention"``, ``"ffn"`` or ``"custom"`` (an explicit pattern).
         module: dotted path of the hooked module; the adapters live under ``<module>.adapters``.
-        width: hidden width the adapter reads and writes.
+        in_width: width of what the adapter reads: the hooked module's output, or for ``"parallel"`` the
+            sublayer input.
+        out_width: width of what the adapter writes: the hooked module's output.
         mode: ``"output"`` (``out + s·f(out)``), ``"parallel"`` (``out + s·f(x)``, x the FFN input) or
             ``"post_ln"`` (the module is the sublayer's closing LayerNorm: ``LN(v + s·f(LN(v)))``).
         input_module: for ``"parallel"`` when the FFN has no container module: the first FFN linear, whose input
             is the FFN input. ``None`` means the hooked module's own input is used.
+        channels_first: the hooked tensors are ``(B, C, T)`` (a 1x1 ``nn.Conv1d`` host); the slot transposes
+            them so adapters always see ``(..., width)``.
     """
 
     layer: int
     location: Literal["attention", "ffn", "custom"]
     module: str
-    width: int
+    in_width: int
+    out_width: int
     mode: Literal["output", "parallel", "post_ln"] = "output"
     input_module: str | None = None
+    channels_first: bool = False
+
+    @property
+    def width(self) -> int:
+        """The hidden width the adapter writes (= ``in_width`` except beside a non-square projection)."""
+        return self.out_width
 
 
 def linear_dims(module: nn.Module) -> tuple[int, int] | None:
-    """(in, out) features of an ``nn.Linear`` or a Transformers ``Conv1D`` (GPT-2 style); else ``None``."""
+    """(in, out) features of a linear projection, else ``None``.
+
+    Projections are ``nn.Linear``, Transformers' ``Conv1D`` (GPT-2 style, weight stored (in, out)) and 1x1
+    ``nn.Conv1d`` (SqueezeBERT: channels-first, a per-position linear map). Grouped 1x1 convolutions count too:
+    they still map ``in_channels`` to ``out_channels`` features at every position (block-diagonal weight), and
+    real SqueezeBERT checkpoints use groups=4 for q/k/v and the FFN.
+    """
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
+    if is_channels_first(module):
+        assert isinstance(module, nn.Conv1d)
+        return module.in_channels, module.out_channels
     # transformers.pytorch_utils.Conv1D stores weight as (in, out); matched by shape contract, not import.
     if type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None:
         return int(module.weight.shape[0]), int(module.nf)
     return None
+
+
+def is_channels_first(module: nn.Module) -> bool:
+    """True for a 1x1 ``nn.Conv1d``: a projection whose input and output are ``(B, C, T)``."""
+    return (
+        isinstance(module, nn.Conv1d)
+        and tuple(module.kernel_size) == (1,)
+        and tuple(module.stride) == (1,)
+        and tuple(module.dilation) == (1,)
+        and module.padding in ((0,), "valid")
+    )
 
 
 def is_adaptune_path(path: str) -> bool:
@@ -122,7 +169,7 @@ def find_blocks(model: nn.Module) -> list[Block]:
     if not blocks:
         raise ValueError(
             f"{type(model).__name__}: found no transformer blocks (looked for an nn.ModuleList whose items share "
-            "one class and contain a child named like attn|attention). Set AdapterConfig.target_modules to name "
+            "one class and contain a child named like attn|attention). Set the config's target_modules to name "
             "the modules to adapt."
         )
     return blocks
@@ -146,19 +193,40 @@ def _attention_group(rel: str) -> str | None:
     return None
 
 
-def _block_targets(block: Block, root: nn.Module, model_type: str | None) -> dict[str, Target]:
-    """Attention and FFN targets of one block, by the table or the structural rule."""
-    mod = root.get_submodule(block.path)
-    out: dict[str, Target] = {}
-    if model_type in ARCH_TABLE:
-        for kind, suffix in ARCH_TABLE[model_type].items():
-            dims = linear_dims(mod.get_submodule(suffix))
-            width = dims[1] if dims and kind != "parallel" else block.width
-            location = "attention" if kind == "attention" else "ffn"
-            mode = "parallel" if kind == "parallel" else "output"
-            out[kind] = Target(block.index, location, f"{block.path}.{suffix}", width, mode)
-        return out
+def _target(
+    block: Block,
+    mod: nn.Module,
+    location: Literal["attention", "ffn"],
+    rel: str,
+    mode: Literal["output", "parallel", "post_ln"] = "output",
+    input_rel: str | None = None,
+) -> Target:
+    """The target at ``rel`` in ``block`` (``mod`` is the block module); a 1x1 Conv1d host is channels-first."""
+    host = mod.get_submodule(rel)
+    input_module = f"{block.path}.{input_rel}" if input_rel else None
+    channels_first = is_channels_first(host)
+    if input_rel is not None and is_channels_first(mod.get_submodule(input_rel)) != channels_first:
+        # One slot applies one layout to the host output and the captured input.
+        raise ValueError(f"{block.path}: {rel} and {input_rel} differ in layout (channels-first vs channels-last)")
+    path = f"{block.path}.{rel}"
+    return Target(block.index, location, path, block.width, block.width, mode, input_module, channels_first)
 
+
+def _block_targets(block: Block, root: nn.Module, model_type: str | None) -> dict[str, Target]:
+    """Attention and FFN targets of one block: the structural rule, then the table's overrides."""
+    mod = root.get_submodule(block.path)
+    out = _rule_targets(block, mod)
+    for kind, suffix in ARCH_TABLE.get(model_type or "", {}).items():
+        out.pop(f"{kind}_post_ln", None)  # the rule's closing norm belonged to the rule's (wrong) module
+        if kind == "parallel":
+            out[kind] = _target(block, mod, "ffn", suffix, "parallel")
+        else:
+            out[kind] = _target(block, mod, "attention" if kind == "attention" else "ffn", suffix)
+    return out
+
+
+def _rule_targets(block: Block, mod: nn.Module) -> dict[str, Target]:
+    """The structural rule for one block (see the module docstring)."""
     attn_groups: dict[str, list[str]] = {}
     ffn_out: list[str] = []
     ffn_in: list[str] = []
@@ -179,32 +247,30 @@ def _block_targets(block: Block, root: nn.Module, model_type: str | None) -> dic
                 ffn_in.append(rel)
         elif fused_sublayer is None and any(p.dim() >= 3 for p in sub.parameters(recurse=False)):
             fused_sublayer = rel.split(".")[0]  # the block's child holding fused experts: hook it whole
+    out: dict[str, Target] = {}
     if attn_groups:
         first = next(iter(attn_groups.values()))
-        out["attention"] = Target(block.index, "attention", f"{block.path}.{first[-1]}", block.width)
+        out["attention"] = _target(block, mod, "attention", first[-1])
         norm = _norm_after(mod, first[-1])
         if norm is not None:
-            out["attention_post_ln"] = Target(block.index, "attention", f"{block.path}.{norm}", block.width, "post_ln")
+            out["attention_post_ln"] = _target(block, mod, "attention", norm, "post_ln")
     if fused_sublayer is not None:
-        out["ffn"] = Target(block.index, "ffn", f"{block.path}.{fused_sublayer}", block.width)
-        out["parallel"] = Target(block.index, "ffn", f"{block.path}.{fused_sublayer}", block.width, "parallel")
+        out["ffn"] = _target(block, mod, "ffn", fused_sublayer)
+        out["parallel"] = _target(block, mod, "ffn", fused_sublayer, "parallel")
     elif ffn_out:
         last = ffn_out[-1]
-        out["ffn"] = Target(block.index, "ffn", f"{block.path}.{last}", block.width)
+        out["ffn"] = _target(block, mod, "ffn", last)
         norm = _norm_after(mod, last, avoid=tuple(attn_groups))
         if norm is not None:
-            out["ffn_post_ln"] = Target(block.index, "ffn", f"{block.path}.{norm}", block.width, "post_ln")
-        first_in = ffn_in[0] if ffn_in else None
-        if first_in is not None:
-            common = _common_prefix(first_in, last)
+            out["ffn_post_ln"] = _target(block, mod, "ffn", norm, "post_ln")
+        if ffn_in:
+            common = _common_prefix(ffn_in[0], last)
             if any(g.startswith(common + ".") for g in attn_groups):
                 common = ""  # the shared parent also holds attention (ALBERT's layer): not an FFN container
             if common:  # the FFN has a container (mlp, DenseReluDense): hook it, out + f(its input)
-                out["parallel"] = Target(block.index, "ffn", f"{block.path}.{common}", block.width, "parallel")
+                out["parallel"] = _target(block, mod, "ffn", common, "parallel")
             else:  # FFN linears sit directly in the block (BERT, OPT): read the input of the first one
-                out["parallel"] = Target(
-                    block.index, "ffn", f"{block.path}.{last}", block.width, "parallel", f"{block.path}.{first_in}"
-                )
+                out["parallel"] = _target(block, mod, "ffn", last, "parallel", ffn_in[0])
     return out
 
 
@@ -257,7 +323,7 @@ def _match(name: str, pattern: str) -> bool:
         return False
 
 
-def _explicit_targets(model: nn.Module, config: AdapterConfig, blocks: list[Block]) -> list[Target]:
+def _explicit_targets(model: nn.Module, config: MethodConfig, blocks: list[Block]) -> list[Target]:
     assert config.target_modules is not None
     mode = "parallel" if config.placement == "parallel" else "output"
     targets: list[Target] = []
@@ -266,10 +332,15 @@ def _explicit_targets(model: nn.Module, config: AdapterConfig, blocks: list[Bloc
             continue
         block = next((b for b in blocks if name.startswith(b.path + ".")), None)
         dims = linear_dims(sub)
-        width = dims[1] if dims else (block.width if block else None)
-        if width is None:
+        out_width = dims[1] if dims else (block.width if block else None)
+        if out_width is None:
             raise ValueError(f"target_modules: cannot tell the output width of {name} ({type(sub).__name__})")
-        targets.append(Target(block.index if block else -1, "custom", name, width, mode))  # type: ignore[arg-type]
+        # A parallel adapter reads the module's own input: the projection's input width, which may differ.
+        in_width = dims[0] if dims and mode == "parallel" else out_width
+        layer = block.index if block else -1
+        targets.append(
+            Target(layer, "custom", name, in_width, out_width, mode, channels_first=is_channels_first(sub))  # type: ignore[arg-type]
+        )
     if not targets:
         sample = [n for n, _ in model.named_modules() if n and not is_adaptune_path(n)][:8]
         raise ValueError(
@@ -279,7 +350,7 @@ def _explicit_targets(model: nn.Module, config: AdapterConfig, blocks: list[Bloc
     return targets
 
 
-def find_targets(model: nn.Module, config: AdapterConfig) -> list[Target]:
+def find_targets(model: nn.Module, config: MethodConfig) -> list[Target]:
     """Every place ``config`` puts an adapter in ``model``, in module order.
 
     Raises:
@@ -328,6 +399,6 @@ def find_targets(model: nn.Module, config: AdapterConfig) -> list[Target]:
         raise ValueError(
             f"{type(model).__name__} ({model_type}): placement={config.placement!r} found no target for "
             f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} (rule: last linear writing the block "
-            "width inside an attn|attention child / elsewhere in the block). Set AdapterConfig.target_modules."
+            "width inside an attn|attention child / elsewhere in the block). Set the config's target_modules."
         )
     return targets

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.config import AdapterConfig
 from ..core.model import adapter_modules, add_adapter, delete_adapter, set_active
 from ..core.placement import find_blocks
+from ..methods.bottleneck import AdapterConfig
 from ..util import atomic_dir_write
 from .names import HUB_CONFIG, HUB_FUSION_CONFIG, HUB_HEAD_CONFIG, HUB_SETUP
 from .native import copy_checked_tensor

@@ -1,5 +1,8 @@
 """Save and load adapters: ``adapter_config.json`` + ``adapter.safetensors`` (+ ``head.safetensors``).
 
+``adapter_config.json`` records the adapter method (``"method"``, also inside ``"config"``); loading builds the
+config through the method registry (``core.contract``), so every registered method saves and loads here.
+Files written before the field existed are bottleneck adapters.
 A saved folder records the library version and a fingerprint of the base (model type, block count,
 widths, adapted modules); loading onto a different base fails with an error that lists what differs.
 Saves are atomic: files are written to a temporary folder beside the target, then swapped in.
@@ -19,7 +22,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..core.config import AdapterConfig
+from ..core.config import MethodConfig
+from ..core.contract import DEFAULT_METHOD, config_from_dict
 from ..core.model import (
     DEFAULT_HEADS,
     adapter_config,
@@ -95,6 +99,7 @@ def save_adapter(
     if format != "adaptune":
         raise ValueError(f"save_adapter format={format!r}: expected 'adaptune' or 'adapterhub'")
     out = Path(out_dir)
+    config = adapter_config(model, name)
     tensors = module_tensors(adapter_modules(model, name))
     found_heads = head_modules(model, heads or ())
     head_tensors = module_tensors(found_heads)
@@ -103,7 +108,8 @@ def save_adapter(
         "format": FORMAT,
         "adaptune_version": __version__,
         "name": name,
-        "config": adapter_config(model, name).to_dict(),
+        "method": config.method,
+        "config": config.to_dict(),
         "base": fingerprint(model, adapter_targets(model, name)),
         "heads": head_names,
     }
@@ -134,6 +140,17 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
+def _read_config(meta: dict[str, Any], cfg: Path) -> MethodConfig:
+    """The saved config, read by the class its ``method`` names (absent: written before methods, a bottleneck)."""
+    config = meta["config"]
+    if not isinstance(config, dict):
+        raise ValueError(f"{cfg}: field 'config' must be a JSON object, got {type(config).__name__}")
+    method = meta.get("method", config.get("method", DEFAULT_METHOD))
+    if config.get("method", method) != method:
+        raise ValueError(f"{cfg}: field 'method' is {method!r} but 'config.method' is {config['method']!r}")
+    return config_from_dict({**config, "method": method}, source=str(cfg))
+
+
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing")
@@ -143,7 +160,7 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: unreadable or corrupt safetensors file ({err})") from None
 
 
-def _check_base(model: nn.Module, config: AdapterConfig, saved: dict[str, Any], source: Path) -> tuple[str, str]:
+def _check_base(model: nn.Module, config: MethodConfig, saved: dict[str, Any], source: Path) -> tuple[str, str]:
     """Refuse a different base; returns (saved prefix, model prefix) to map paths between head classes.
 
     An adapter trained in ``BertForSequenceClassification`` (paths ``bert.encoder...``) fits a ``BertModel``
@@ -218,7 +235,7 @@ def load_adapter(
             load_adapterhub_head(model, src)
         return name
     meta = _read_meta(src)
-    config = AdapterConfig.from_dict(meta["config"], source=str(src / CONFIG_FILE))
+    config = _read_config(meta, src / CONFIG_FILE)
     saved_name = meta.get("name")
     name = name or saved_name
     if not isinstance(name, str):

@@ -1,30 +1,123 @@
-"""Pure-torch adapter modules (no Transformers imports).
+"""The bottleneck adapter (Houlsby et al. 2019, https://arxiv.org/abs/1902.00751): its config and module.
 
-``Bottleneck`` is the adapter of Houlsby et al. (2019, https://arxiv.org/abs/1902.00751)::
+``Bottleneck`` at one place::
 
     h ──┬─────────────────────────────────────────────────────────┐
         └─ [LN] ─ down (d→r) ─ act ─ drop ─ up (r→d) ─ ×s ─ [×gate] ─ [LN] ─(+)─> h'
 
 It owns its residual: ``forward(x)`` returns ``x + s·f(x)``; for a parallel placement the caller passes
-the residual to add to, ``forward(x, residual=ffn(x))`` returns ``ffn(x) + s·f(x)``. The branch runs in the
-adapter's own dtype and the result is cast back to the residual's dtype.
+the residual to add to, ``forward(x, residual=ffn(x))`` returns ``ffn(x) + s·f(x)`` (``down`` reads the input
+width, ``up`` writes the output width, so a parallel adapter beside a non-square projection works). The branch
+runs in the adapter's own dtype and the result is cast back to the residual's dtype. Pure torch: no
+Transformers imports.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..core.config import AdapterConfig
+from ..core.config import MethodConfig
 from ..core.contract import AdapterModule, Method
 
-__all__ = ["Bottleneck", "make_activation"]
+if TYPE_CHECKING:
+    from ..core.placement import Target
+
+__all__ = ["ACTIVATIONS", "INITS", "METHOD", "AdapterConfig", "Bottleneck", "make_activation"]
+
+ACTIVATIONS: tuple[str, ...] = ("relu", "gelu", "gelu_new", "gelu_tanh", "silu", "swish", "tanh", "identity")
+INITS: tuple[str, ...] = ("identity", "normal", "bert")
+
+
+@dataclass(frozen=True)
+class AdapterConfig(MethodConfig):
+    """A bottleneck adapter: ``h' = h + s * up(act(down(h)))``, and where it is inserted.
+
+    Where it goes (``placement``, ``layers``, ``target_modules``) is documented on ``MethodConfig``. Post-LN
+    placements compute ``LN(v + s * f(LN(v)))`` with ``v = x + h``.
+
+    Attributes:
+        reduction_factor: bottleneck size = model width // reduction_factor (ignored if ``bottleneck_size``).
+        bottleneck_size: explicit bottleneck size; overrides ``reduction_factor``.
+        activation: one of ``ACTIVATIONS``.
+        dropout: dropout on the bottleneck activations (training only).
+        scaling: the factor ``s`` on the adapter branch.
+        learn_scaling: make ``s`` a trainable scalar initialised at ``scaling``.
+        init: ``"identity"`` (zero up-projection: a new adapter changes nothing), ``"normal"`` (both
+            projections ~ N(0, init_std)), ``"bert"`` (both ~ N(0, 0.02)).
+        init_std: the standard deviation for ``init="normal"``.
+        layer_norm_before: LayerNorm on the adapter input (inside the branch).
+        layer_norm_after: LayerNorm on the branch output, before scaling.
+        gate: a learned input-dependent gate per token, ``h + sigmoid(w·h + b) * s * f(h)`` (dynamic adapter);
+            starts at 0.5.
+    """
+
+    method: ClassVar[str] = "bottleneck"
+
+    reduction_factor: float = 16
+    bottleneck_size: int | None = None
+    activation: str = "relu"
+    dropout: float = 0.0
+    scaling: float = 1.0
+    learn_scaling: bool = False
+    init: str = "identity"
+    init_std: float = 1e-2
+    layer_norm_before: bool = False
+    layer_norm_after: bool = False
+    gate: bool = False
+
+    def _validate(self) -> None:
+        super()._validate()
+        if self.activation not in ACTIVATIONS:
+            raise self._bad("activation", f"one of {ACTIVATIONS}")
+        if self.init not in INITS:
+            raise self._bad("init", f"one of {INITS}")
+        if self.bottleneck_size is None and not (self.reduction_factor > 0):
+            raise self._bad("reduction_factor", "a number > 0")
+        if self.bottleneck_size is not None and (
+            not isinstance(self.bottleneck_size, int) or self.bottleneck_size < 1
+        ):
+            raise self._bad("bottleneck_size", "an integer >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise self._bad("dropout", "a probability in [0, 1)")
+        if self.init_std <= 0:
+            raise self._bad("init_std", "a number > 0")
+
+    # ---- presets -------------------------------------------------------------------------------
+    @classmethod
+    def pfeiffer(cls, reduction_factor: float = 16, **kwargs: Any) -> AdapterConfig:
+        """Pfeiffer et al. (2021): one adapter after the FFN sublayer, ReLU."""
+        kwargs.setdefault("activation", "relu")
+        kwargs.setdefault("placement", "ffn")
+        return cls(reduction_factor=reduction_factor, **kwargs)
+
+    @classmethod
+    def houlsby(cls, reduction_factor: float = 16, **kwargs: Any) -> AdapterConfig:
+        """Houlsby et al. (2019): adapters after both the attention and the FFN sublayers, swish."""
+        kwargs.setdefault("activation", "swish")
+        kwargs.setdefault("placement", "both")
+        return cls(reduction_factor=reduction_factor, **kwargs)
+
+    @classmethod
+    def parallel(cls, reduction_factor: float = 16, scaling: float = 4.0, **kwargs: Any) -> AdapterConfig:
+        """He et al. (2022): an adapter beside the FFN, ``ffn(x) + 4 * f(x)``, ReLU."""
+        kwargs.setdefault("activation", "relu")
+        kwargs.setdefault("placement", "parallel")
+        return cls(reduction_factor=reduction_factor, scaling=scaling, **kwargs)
+
+    def hidden_size_for(self, width: int) -> int:
+        """The bottleneck size for an adapter reading hidden states of the given width."""
+        if self.bottleneck_size is not None:
+            return self.bottleneck_size
+        return max(1, int(width // self.reduction_factor))
 
 
 def make_activation(name: str) -> nn.Module:
-    """The activation module for an ``AdapterConfig.activation`` name."""
+    """The activation module for an ``AdapterConfig.activation`` name (one of ``ACTIVATIONS``)."""
     table = {
         "relu": nn.ReLU,
         "gelu": nn.GELU,
@@ -41,28 +134,32 @@ def make_activation(name: str) -> nn.Module:
 
 
 class Bottleneck(AdapterModule):
-    """A bottleneck adapter for hidden states of width ``width``.
+    """A bottleneck adapter reading hidden states of width ``width`` and writing ``out_width``.
 
     Args:
-        width: the host's hidden size at this position (d).
+        width: the width of what the adapter reads (d; the host output, or the sublayer input when parallel).
         config: size, activation, dropout, scaling, init and layer norms.
-        mode: ``"output"`` (``h + s·f(h)``) or ``"parallel"`` (``residual + s·f(x)``); read by the hook.
+        mode: ``"output"`` (``h + s·f(h)``), ``"parallel"`` (``residual + s·f(x)``) or ``"post_ln"``; read by the
+            slot.
+        out_width: the width of the residual it adds to (default ``width``; differs only beside a non-square
+            projection in parallel mode).
     """
 
     method = "bottleneck"
 
-    def __init__(self, width: int, config: AdapterConfig, mode: str = "output") -> None:
+    def __init__(self, width: int, config: AdapterConfig, mode: str = "output", out_width: int | None = None) -> None:
         super().__init__()
         self.config = config
         self.mode = mode
-        self.width = width
+        self.in_width = width
+        self.out_width = width if out_width is None else out_width
         self.size = config.hidden_size_for(width)
         self.norm_before = nn.LayerNorm(width) if config.layer_norm_before else None
         self.down = nn.Linear(width, self.size)
         self.act = make_activation(config.activation)
         self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else None
-        self.up = nn.Linear(self.size, width)
-        self.norm_after = nn.LayerNorm(width) if config.layer_norm_after else None
+        self.up = nn.Linear(self.size, self.out_width)
+        self.norm_after = nn.LayerNorm(self.out_width) if config.layer_norm_after else None
         self.gate = nn.Linear(width, 1) if config.gate else None
         if self.gate is not None:
             nn.init.zeros_(self.gate.weight)  # sigmoid(0) = 0.5 for every token until trained
@@ -91,13 +188,13 @@ class Bottleneck(AdapterModule):
                 raise ValueError(f"unknown init {init!r}")
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        """``s·f(x)`` in the adapter's dtype: (..., d) -> (..., d)."""
+        """``s·f(x)`` in the adapter's dtype: (..., d_in) -> (..., d_out)."""
         x = x.to(self.down.weight.dtype)
         z = self.norm_before(x) if self.norm_before is not None else x
         z = self.act(self.down(z))  # (..., r)
         if self.drop is not None:
             z = self.drop(z)
-        z = self.up(z) * self.scale  # (..., d)
+        z = self.up(z) * self.scale  # (..., d_out)
         if self.gate is not None:
             z = z * torch.sigmoid(self.gate(x))  # (..., 1): how much of this adapter each token takes
         if self.norm_after is not None:
@@ -127,8 +224,19 @@ class Bottleneck(AdapterModule):
             and (self.drop is None or not self.training)
         )
 
+    @property
+    def width(self) -> int:
+        """The hidden width it writes (= ``in_width`` except beside a non-square projection)."""
+        return self.out_width
+
     def extra_repr(self) -> str:
-        return f"width={self.width}, size={self.size}, mode={self.mode}"
+        widths = f"{self.in_width}" if self.in_width == self.out_width else f"{self.in_width}->{self.out_width}"
+        return f"width={widths}, size={self.size}, mode={self.mode}"
 
 
-METHOD = Method("bottleneck", AdapterConfig, lambda target, config: Bottleneck(target.width, config, target.mode))
+def build(target: Target, config: AdapterConfig) -> Bottleneck:
+    """The bottleneck adapter ``config`` puts at ``target``."""
+    return Bottleneck(target.in_width, config, target.mode, out_width=target.out_width)
+
+
+METHOD = Method("bottleneck", AdapterConfig, build)

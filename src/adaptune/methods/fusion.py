@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..core.composition import Fuse
-from ..core.contract import MixerModule
+from ..core.contract import AdapterModule, MixerModule
 from ..core.model import (
     DEFAULT_HEADS,
     ParamSummary,
@@ -30,7 +30,6 @@ from ..core.model import (
     set_active,
     trainable_summary,
 )
-from .bottleneck import Bottleneck
 
 __all__ = [
     "Fusion",
@@ -199,10 +198,12 @@ def add_fusion(
     if fuse.name in known or fuse.name in list_fusions(model):
         raise ValueError(f"a fusion or adapter named {fuse.name!r} already exists")
     for slot in adapter_slots(model).values():
-        present = [a for a in adapters if isinstance(slot._modules.get(a), Bottleneck)]
+        present = [a for a in adapters if isinstance(slot._modules.get(a), AdapterModule)]
         if present:
+            # Any method fuses: the layer attends over deltas of the adapters' output width, in their dtype.
             ref = slot[present[0]]
-            layer = Fusion(ref.width, temperature, static).to(ref.down.weight.device, ref.down.weight.dtype)
+            p = next(ref.parameters())
+            layer = Fusion(ref.out_width, temperature, static).to(p.device, p.dtype)
             slot[fuse.name] = layer.train(slot.training)
     if activate:
         set_active(model, fuse)
@@ -285,8 +286,11 @@ def average_adapters(model: nn.Module, names: list[str], new_name: str, weights:
         {k: tuple(v.shape) for p, m in adapter_modules(model, n).items() for k, v in m.state_dict().items()}
         for n in names
     ]
-    if any(s != shapes[0] for s in shapes[1:]) or any(c.placement != configs[0].placement for c in configs):
-        raise ValueError(f"average_adapters: {names} differ in shape or placement; only like adapters can be averaged")
+    like = all(type(c) is type(configs[0]) and c.placement == configs[0].placement for c in configs)
+    if any(s != shapes[0] for s in shapes[1:]) or not like:
+        raise ValueError(
+            f"average_adapters: {names} differ in method, shape or placement; only like adapters can be averaged"
+        )
     add_adapter(model, new_name, configs[0], activate=False)
     sources = [adapter_modules(model, n) for n in names]
     with torch.no_grad():

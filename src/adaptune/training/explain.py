@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.contract import AdapterModule, MixerModule
 from ..core.slot import AdapterSlot
 from ..methods.bottleneck import Bottleneck
-from ..methods.fusion import Fusion
 from .data.example import Example
 
 __all__ = ["collect", "explain"]
@@ -61,15 +61,17 @@ def collect(
         if not isinstance(slot, AdapterSlot):
             continue
         for name, module in slot.items():
-            if isinstance(module, Bottleneck):
+            if isinstance(module, AdapterModule):
+                # Contribution reads only the contract's forward(x, residual, delta_only): any method.
                 handles.append(
                     module.register_forward_hook(
                         _contribution_hook(contrib, current, slot.layer, name), with_kwargs=True
                     )
                 )
-                if module.gate is not None:
+                # The learned gate is a bottleneck feature (AdapterConfig.gate); other methods have none.
+                if isinstance(module, Bottleneck) and module.gate is not None:
                     handles.append(module.gate.register_forward_hook(_gate_hook(gates, current, slot.layer, name)))
-            elif isinstance(module, Fusion):
+            elif isinstance(module, MixerModule):  # contract: forward returns (output, weights over adapters)
                 handles.append(module.register_forward_hook(_fusion_hook(attn, current, slot.layer, path)))
     model.eval()
     try:

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 
 from ..core.base_dropout import set_base_dropout
-from ..core.config import AdapterConfig
 from ..core.model import DEFAULT_HEADS, add_adapter, head_modules, train_adapter, trainable_summary
 from ..formats.names import CONFIG_FILE, TASK_FILE
 from ..formats.native import load_adapter, save_adapter
+from ..methods.bottleneck import AdapterConfig
 from ..util import write_json_atomic
 from .assets import resolve_model
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
