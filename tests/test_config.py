@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -25,6 +26,26 @@ def test_round_trip_through_json() -> None:
     back = AdapterConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back == cfg
     assert back.layers == (2, 3, 4)
+
+
+def test_to_dict_names_the_method_and_from_dict_checks_it() -> None:
+    data = AdapterConfig(bottleneck_size=3).to_dict()
+    assert next(iter(data.items())) == ("method", "bottleneck")
+    assert AdapterConfig.from_dict(data) == AdapterConfig(bottleneck_size=3)
+    assert AdapterConfig.from_dict({"bottleneck_size": 3}) == AdapterConfig(bottleneck_size=3)  # older files
+    with pytest.raises(ValueError, match=r"x\.json: method='lora', but AdapterConfig is for 'bottleneck'"):
+        AdapterConfig.from_dict({**data, "method": "lora"}, source="x.json")
+
+
+def test_where_fields_live_on_the_method_config_base() -> None:
+    from adaptune import MethodConfig
+
+    shared = {f.name for f in dataclasses.fields(MethodConfig)}
+    assert shared == {"placement", "layers", "target_modules"}
+    assert shared < {f.name for f in dataclasses.fields(AdapterConfig)}
+    assert issubclass(AdapterConfig, MethodConfig)
+    with pytest.raises(ValueError, match=r"MethodConfig\.placement='middle'"):
+        MethodConfig(placement="middle")
 
 
 def test_unknown_keys_warn_and_load() -> None:

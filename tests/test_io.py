@@ -143,6 +143,45 @@ def test_unknown_config_key_loads_with_warning(tmp_path: Path, ids: torch.Tensor
     assert torch.equal(logits(fresh, ids), logits(model, ids))
 
 
+def test_file_without_method_loads_as_bottleneck(tmp_path: Path, ids: torch.Tensor) -> None:
+    model = trained()
+    out = adaptune.save_adapter(model, "sst", tmp_path / "sst")
+    cfg = out / "adapter_config.json"
+    meta = json.loads(cfg.read_text())
+    assert meta["method"] == meta["config"]["method"] == "bottleneck"
+    del meta["method"], meta["config"]["method"]  # as written before adapter methods were recorded
+    cfg.write_text(json.dumps(meta))
+    fresh = tiny_bert_classifier()
+    adaptune.load_adapter(fresh, out)
+    assert adaptune.adapter_config(fresh, "sst") == adaptune.adapter_config(model, "sst")
+    assert torch.equal(logits(fresh, ids), logits(model, ids))
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (
+            {"method": "lora"},
+            r"adapter_config\.json: field 'method' is 'lora', which is not a known adapter method "
+            r"\(known: bottleneck",
+        ),
+        ({"method": 3}, r"field 'method' is 3"),
+        ({"method": "lora", "config_method": "bottleneck"}, r"field 'method' is 'lora' but 'config.method'"),
+    ],
+)
+def test_unknown_method_is_refused(tmp_path: Path, edit: dict, needle: str) -> None:
+    out = adaptune.save_adapter(trained(), "sst", tmp_path / "sst")
+    cfg = out / "adapter_config.json"
+    meta = json.loads(cfg.read_text())
+    meta["method"] = edit["method"]
+    meta["config"]["method"] = edit.get("config_method", edit["method"])
+    cfg.write_text(json.dumps(meta))
+    model = tiny_bert_classifier()
+    with pytest.raises(ValueError, match=needle):
+        adaptune.load_adapter(model, out)
+    assert adaptune.list_adapters(model) == []
+
+
 def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = trained()
     folder = adaptune.save_adapter(model, "sst", tmp_path / "a")
