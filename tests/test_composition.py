@@ -13,7 +13,7 @@ from torch import nn
 
 import adaptune
 from adaptune import AdapterConfig, Average, Fuse, PerExample, Stack
-from adaptune.core.composition import from_dict, parse, to_dict
+from adaptune.core.composition import adapter_names, from_dict, parse, to_dict
 from adaptune.core.slot import ForwardState
 
 from .conftest import tiny_bert_classifier
@@ -132,6 +132,23 @@ def test_per_example_equals_one_by_one() -> None:
     for i, setup in enumerate(setups):
         adaptune.set_active(model, setup)
         torch.testing.assert_close(batched[i : i + 1], logits(model, ids[i : i + 1]), rtol=1e-5, atol=1e-6)
+
+
+def test_per_example_is_a_block_with_children_like_the_others() -> None:
+    setup = PerExample(["a", None, Stack("a", "b"), Fuse("a", "b")])
+    assert setup.children == setup.setups == ("a", None, Stack("a", "b"), Fuse("a", "b"))  # setups: the old name
+    assert adapter_names(setup) == ["a", "b"]
+    data = to_dict(setup)
+    assert data["type"] == "PerExample" and data["children"][:2] == ["a", None]
+    assert from_dict(data) == setup
+    old = {"type": "PerExample", "setups": ["a", None, {"type": "Stack", "children": ["a", "b"]}]}  # as written before
+    assert from_dict(old) == PerExample(["a", None, Stack("a", "b")])
+    model, _ = seq_model()
+    add_three(model)
+    with pytest.raises(ValueError, match="no fusion layer named 'fusion_a_b'"):  # found inside PerExample too
+        adaptune.set_active(model, setup)
+    with pytest.raises(ValueError, match="PerExample needs at least one child"):
+        adaptune.set_active(model, PerExample([]))
 
 
 def test_per_example_wrong_batch_size() -> None:
