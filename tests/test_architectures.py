@@ -1,4 +1,4 @@
-"""The architecture matrix: every placement on tiny models of 36 Transformers architectures (no download).
+"""The architecture matrix: every placement on tiny models of 37 Transformers architectures (no download).
 
 For each (model type, placement) one test checks the invariants users rely on:
 a new adapter is an exact identity, every adapter fires, an optimiser step changes only adapter tensors,
@@ -67,5 +67,44 @@ def test_matrix(model_type: str, placement: str, tmp_path: Path) -> None:
     adaptune.load_adapter(fresh, tmp_path / "a")
     assert_same(run(fresh, inputs), adapted, "save -> load")
 
+    adaptune.set_active(model, None)  # delete refuses an adapter of the active setup
     adaptune.delete_adapter(model, "a")
     assert_same(run(model, inputs), base, "after delete")
+
+
+@pytest.mark.parametrize("placement", ["ffn", "parallel"])
+def test_squeezebert_conv1d_targets_are_channels_first(placement: str) -> None:
+    """SqueezeBERT's projections are 1x1 nn.Conv1d on (B, C, T): adapters sit on them and see (B, T, C)."""
+    model = build_model("squeezebert", seed=0)
+    inputs = make_inputs("squeezebert")
+    config = AdapterConfig(placement=placement, bottleneck_size=4, init="normal", init_std=0.5)
+    targets = adaptune.add_adapter(model, "a", config)
+    attention = adaptune.find_targets(model, AdapterConfig(placement="attention"))
+    assert [t.module for t in attention] == [f"encoder.layers.{i}.post_attention.conv1d" for i in range(2)]
+    assert [t.module for t in targets] == [f"encoder.layers.{i}.output.conv1d" for i in range(2)]
+    assert all(t.channels_first and t.in_width == t.out_width == 32 for t in targets)
+
+    block = model.get_submodule("encoder.layers.0")
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(key: str) -> object:
+        return lambda module, args: seen.__setitem__(key, args[0])
+
+    handles = [
+        block.intermediate.conv1d.register_forward_pre_hook(keep("ffn_in")),  # (B, C, T): the FFN input
+        block.output.conv1d.register_forward_pre_hook(keep("conv_in")),
+        block.output.dropout.register_forward_pre_hook(keep("adapted")),  # the conv output after the adapter
+    ]
+    try:
+        run(model, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    adapter = adaptune.adapter_modules(model, "a")["encoder.layers.0.output.conv1d.adapters.a"]
+    with torch.no_grad():
+        adaptune.set_active(model, None)
+        raw = block.output.conv1d(seen["conv_in"])  # (B, C, T), the host's own output
+        x = seen["ffn_in"] if placement == "parallel" else raw
+        expected = adapter(x.transpose(1, 2), residual=raw.transpose(1, 2)).transpose(1, 2)
+    assert raw.shape[1] == 32 and not torch.equal(expected, raw)
+    torch.testing.assert_close(seen["adapted"], expected, rtol=0, atol=1e-6)

@@ -35,6 +35,7 @@ MODEL_TYPES: tuple[str, ...] = (
     "deberta-v2",
     "modernbert",
     "mpnet",
+    "squeezebert",
     "gpt2",
     "gpt_neox",
     "gptj",
@@ -189,6 +190,9 @@ _CONFIG_KWARGS: dict[str, dict[str, Any]] = {
     },
     # mpnet: keep relative_attention_num_buckets=32, compute_position_bias hard-codes 32 (IndexError otherwise).
     "mpnet": _BERT_LIKE,
+    # squeezebert: every projection is a 1x1 nn.Conv1d on (B, C, T) tensors; the stock groups (4 for q/k/v, the
+    # FFN and the output, 1 for post_attention) are kept. embedding_size must equal hidden_size.
+    "squeezebert": {**_BERT_LIKE, "embedding_size": HIDDEN},
     "gpt2": _GPT2_LIKE,
     "gpt_neox": {**_BERT_LIKE, "rotary_pct": 0.5},
     "gptj": {**_GPT2_LIKE, "rotary_dim": HEAD_DIM // 2},

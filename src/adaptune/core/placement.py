@@ -111,13 +111,9 @@ class Target:
 
 
 def linear_dims(module: nn.Module) -> tuple[int, int] | None:
-    """(in, out) features of a linear projection, else ``None``.
-
-    Projections are ``nn.Linear``, Transformers' ``Conv1D`` (GPT-2 style, weight stored (in, out)) and 1x1
-    ``nn.Conv1d`` (SqueezeBERT: channels-first, a per-position linear map). Grouped 1x1 convolutions count too:
-    they still map ``in_channels`` to ``out_channels`` features at every position (block-diagonal weight), and
-    real SqueezeBERT checkpoints use groups=4 for q/k/v and the FFN.
-    """
+    """(in, out) features of a projection: ``nn.Linear``, Transformers' ``Conv1D`` (GPT-2) or a 1x1 ``nn.Conv1d``
+    (SqueezeBERT; grouped too: still an ``in -> out`` map per position, and SqueezeBERT's q/k/v and FFN use
+    groups=4); else ``None``."""
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
     if is_channels_first(module):

@@ -1,7 +1,8 @@
 """Adapter methods: one module each (bottleneck, fusion, ...), built on ``adaptune.core`` only.
 
 Registry: each method module defines a ``METHOD`` (``core.contract.Method``); registering it here is the one
-line a new method adds outside its own file.
+line a new method adds outside its own file. What that file must provide is written down in the docstring of
+``adaptune.core.contract``; ``tests/test_contract.py`` shows a complete toy method.
 """
 
 from ..core.contract import register_method
