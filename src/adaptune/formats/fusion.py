@@ -1,6 +1,6 @@
 """Save and load AdapterFusion: ``fusion_config.json`` + ``fusion.safetensors``, one sub-folder per fused adapter
 and the task head. Loading is all or nothing: on any failure the fusion and the adapters this call loaded are
-removed again."""
+removed again. ``load_fusion`` also reads AdapterHub fusion folders (``formats.adapterhub.fusion``)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from ..core.model import DEFAULT_HEADS, delete_adapter, head_modules, list_adapt
 from ..methods.fusion import add_fusion, delete_fusion, fusion_modules
 from ..util import atomic_dir_write
 from ..version import __version__
-from .names import FUSION_CONFIG, FUSION_WEIGHTS, HEAD_FILE
+from .adapterhub import is_adapterhub_fusion_folder, load_adapterhub_fusion
+from .names import FUSION_CONFIG, FUSION_WEIGHTS, HEAD_FILE, HUB_FUSION_CONFIG
 from .native import (
     copy_checked_tensor,
     copy_head,
@@ -65,11 +66,29 @@ def save_fusion(
 
 
 def load_fusion(model: nn.Module, folder: str | os.PathLike[str], *, activate: bool = True) -> Fuse:
-    """Load a fusion saved by ``save_fusion`` (its adapters too, unless already in the model)."""
+    """Load a fusion saved by ``save_fusion`` (its adapters too, unless already in the model), or by AdapterHub's
+    ``save_adapter_fusion`` (``adapter_fusion_config.json``; load the fused adapters first with ``load_adapter``).
+
+    Args:
+        model: the model to add the fusion to.
+        folder: the fusion folder.
+        activate: make the returned ``Fuse`` the active setup.
+
+    Returns:
+        The ``Fuse`` setup.
+
+    Raises:
+        FileNotFoundError: a file is missing. ValueError: a bad config field, adapters or weights that do not fit.
+    """
     src = Path(folder)
     cfg = src / FUSION_CONFIG
+    if not cfg.is_file() and is_adapterhub_fusion_folder(src):
+        return load_adapterhub_fusion(model, src, activate=activate)
     if not cfg.is_file():
-        raise FileNotFoundError(f"{cfg}: missing (a fusion folder holds {FUSION_CONFIG} and {FUSION_WEIGHTS})")
+        raise FileNotFoundError(
+            f"{cfg}: missing (an adaptune fusion folder holds {FUSION_CONFIG} and {FUSION_WEIGHTS}; an AdapterHub "
+            f"one holds {HUB_FUSION_CONFIG})"
+        )
     try:
         meta = json.loads(cfg.read_text(encoding="utf-8"))
         children, name = list(meta["adapters"]), meta["name"]

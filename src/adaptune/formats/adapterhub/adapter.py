@@ -1,4 +1,4 @@
-"""Read adapters saved by AdapterHub's ``adapters`` library (which does not run on Transformers 5).
+"""Read single adapters and heads saved by AdapterHub's ``adapters`` library (which does not run on Transformers 5).
 
 Their bottleneck configs map onto adaptune placements (formulas in ``tests/fixtures/adapterhub/README.md``):
 
@@ -8,7 +8,6 @@ Their bottleneck configs map onto adaptune placements (formulas in ``tests/fixtu
 | ``double_seq_bn``       | ``both`` (output of each sublayer's dense)| LN(x + h + f(h))                 |
 | ``par_bn``              | ``parallel``, scaling 4                   | LN(x + h + 4 f(x))               |
 | ``scaled_par_bn``       | ``parallel`` with a learned scalar        |                                  |
-| Stack / Fuse            | ``Stack`` / ``Fuse``                      |                                  |
 
 Weights are read from ``adapter.safetensors`` or ``pytorch_adapter.bin`` (``torch.load(weights_only=True)``: never
 code). A setting adaptune cannot express raises ``ValueError`` naming the key and value.
@@ -24,19 +23,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.model import adapter_modules, add_adapter, delete_adapter, set_active
-from ..core.placement import find_blocks
-from ..methods.bottleneck import AdapterConfig
-from ..util import atomic_dir_write
-from .names import HUB_CONFIG, HUB_FUSION_CONFIG, HUB_HEAD_CONFIG, HUB_SETUP
-from .native import copy_checked_tensor
+from ...core.model import adapter_modules, add_adapter, delete_adapter, set_active
+from ...core.placement import find_blocks
+from ...methods.bottleneck import AdapterConfig
+from ..names import HUB_CONFIG, HUB_HEAD_CONFIG
+from ..native import copy_checked_tensor
 
 __all__ = [
+    "hub_location",
     "is_adapterhub_folder",
+    "layer_of",
     "load_adapterhub",
     "load_adapterhub_head",
-    "load_adapterhub_setup",
-    "save_adapterhub",
+    "read_hub_json",
+    "read_hub_weights",
     "to_adaptune_config",
 ]
 
@@ -130,14 +130,39 @@ def to_adaptune_config(cfg: dict[str, Any], num_layers: int, source: str = HUB_C
     )
 
 
-def _read_weights(folder: Path, stem: str) -> dict[str, torch.Tensor]:
-    st, pt = folder / f"{stem}.safetensors", folder / f"pytorch_{stem}.bin"
-    if stem == "model_adapter_fusion":
-        st, pt = folder / "adapter_fusion.safetensors", folder / "pytorch_model_adapter_fusion.bin"
+def read_hub_json(path: Path) -> dict[str, Any]:
+    """An AdapterHub JSON file as a dict; a missing file, bad JSON or a non-object raise naming ``path``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+# weights file stem -> (safetensors name, pickle name), as AdapterHub's save_* functions write them
+_WEIGHT_FILES = {
+    "adapter": ("adapter.safetensors", "pytorch_adapter.bin"),
+    "model_head": ("model_head.safetensors", "pytorch_model_head.bin"),
+    "model_adapter_fusion": ("adapter_fusion.safetensors", "pytorch_model_adapter_fusion.bin"),
+}
+
+
+def read_hub_weights(folder: Path, stem: str) -> dict[str, torch.Tensor]:
+    """The tensors of an AdapterHub weights file (``stem`` is a key of ``_WEIGHT_FILES``); never unpickles code."""
+    st_name, pt_name = _WEIGHT_FILES[stem]
+    st, pt = folder / st_name, folder / pt_name
     if st.is_file():
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(st))
+        try:
+            return load_file(str(st))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{st}: not a readable safetensors file ({err})") from None
     if pt.is_file():
         try:
             data = torch.load(pt, map_location="cpu", weights_only=True)  # refuses anything but tensors/containers
@@ -164,11 +189,11 @@ def _split_key(key: str) -> tuple[int, str, str, str] | None:
     if m is None:
         return None
     left, name, param = m.groups()
-    layer = _layer_of(left)
-    return None if layer < 0 else (layer, _hub_location(left), name, param)
+    layer = layer_of(left)
+    return None if layer < 0 else (layer, hub_location(left), name, param)
 
 
-def _hub_location(left: str) -> str:
+def hub_location(left: str) -> str:
     """``attention`` or ``ffn`` for the module path AdapterHub keeps adapters / fusion layers on."""
     attention = left.endswith(("attention.output", ".attention")) or "attention_adapters" in left
     return "attention" if attention else "ffn"
@@ -188,7 +213,9 @@ def _param_name(param: str, ln_before: bool) -> str | None:
 def load_adapterhub(model: nn.Module, folder: str | Path, name: str | None = None, *, activate: bool = True) -> str:
     """Load an AdapterHub adapter folder into ``model``; returns the adapter's name in the model."""
     src = Path(folder)
-    meta = json.loads((src / HUB_CONFIG).read_text(encoding="utf-8"))
+    meta = read_hub_json(src / HUB_CONFIG)
+    if not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{src / HUB_CONFIG}: field 'config' missing or not an object")
     saved = meta.get("name", "adapter")
     name = name or saved
     blocks = find_blocks(model)
@@ -196,7 +223,7 @@ def load_adapterhub(model: nn.Module, folder: str | Path, name: str | None = Non
     hidden = meta.get("hidden_size")
     if hidden is not None and hidden not in {b.width for b in blocks}:
         raise ValueError(f"{src}: adapter is for hidden size {hidden}, the model's blocks are {blocks[0].width} wide")
-    tensors = _read_weights(src, "adapter")
+    tensors = read_hub_weights(src, "adapter")
     targets = add_adapter(model, name, config, activate=False)
     try:
         by_place = {(t.layer, t.location): f"{t.module}.adapters.{name}" for t in targets}
@@ -229,73 +256,8 @@ def load_adapterhub(model: nn.Module, folder: str | Path, name: str | None = Non
     return name
 
 
-def _setup_from(node: Any, source: str) -> Any:
-    """An adaptune composition from AdapterHub's ``adapter_setup.json`` tree."""
-    from ..core.composition import Fuse, Stack
-
-    kind = node.get("type") if isinstance(node, dict) else None
-    children = node.get("children", []) if isinstance(node, dict) else []
-    if kind == "single":
-        return children[0]
-    if kind == "Stack":
-        return Stack(*[_setup_from(c, source) for c in children])
-    if kind == "Fuse":
-        names = [_setup_from(c, source) for c in children]
-        return Fuse(*names, name="fusion_" + "_".join(names))
-    raise ValueError(
-        f"{source}: AdapterHub setup type {kind!r} is not supported (Stack, Fuse and single adapters are)"
-    )
-
-
-def load_adapterhub_setup(model: nn.Module, folder: str | Path, *, activate: bool = True) -> Any:
-    """Load a folder written by AdapterHub's ``save_adapter_setup`` (adapters, fusion layers) and activate it."""
-    from ..core.composition import Fuse, adapter_names
-    from ..methods.fusion import add_fusion, fusion_modules
-
-    src = Path(folder)
-    cfg = src / HUB_SETUP
-    meta = json.loads(cfg.read_text(encoding="utf-8"))
-    setup = _setup_from(meta.get("adapter_setup"), str(cfg))
-    for name in adapter_names(setup):
-        load_adapterhub(model, src / name, name=name, activate=False)
-    fuses = [setup] if isinstance(setup, Fuse) else [c for c in getattr(setup, "children", ()) if isinstance(c, Fuse)]
-    for fuse in fuses:
-        fdir = src / ",".join(fuse.children)
-        fmeta = json.loads((fdir / HUB_FUSION_CONFIG).read_text(encoding="utf-8"))
-        fcfg = fmeta.get("config", {})
-        for key, ok in (
-            ("temperature", False),
-            ("query_before_ln", False),
-            ("residual_before", False),
-            ("value_before_softmax", True),
-            ("query", True),
-            ("key", True),
-        ):
-            if fcfg.get(key, ok) != ok:
-                raise ValueError(
-                    f"{fdir / HUB_FUSION_CONFIG}: fusion setting {key}={fcfg.get(key)!r} is not supported"
-                )
-        add_fusion(model, list(fuse.children), fuse.name, static=not fcfg.get("value", True), activate=False)
-        tensors = _read_weights(fdir, "model_adapter_fusion")
-        layers = fusion_modules(model, fuse.name)
-        by_layer = {(_layer_of(p), "attention" if ".attention" in p else "ffn"): m for p, m in layers.items()}
-        for key, value in tensors.items():
-            m = re.match(r"^(.*)\.adapter_fusion_layer\.[^.]+\.(query|key|value)\.(weight|bias)$", key)
-            if m is None:
-                continue
-            left, proj, kind = m.groups()
-            place = (_layer_of(left), _hub_location(left))
-            if place not in by_layer:
-                raise ValueError(f"{fdir}: fusion weight {key} has no place in this model")
-            param = getattr(getattr(by_layer[place], proj), kind)
-            with torch.no_grad():
-                param.copy_(value.to(param.dtype))
-    if activate:
-        set_active(model, setup)
-    return setup
-
-
-def _layer_of(path: str) -> int:
+def layer_of(path: str) -> int:
+    """The block index in a module path (its last number: ``bert.encoder.layer.3.output`` -> 3), or -1."""
     numbers = re.findall(r"\.(\d+)(?=\.|$)", "." + path)
     return int(numbers[-1]) if numbers else -1
 
@@ -307,11 +269,11 @@ def load_adapterhub_head(model: nn.Module, folder: str | Path) -> None:
     ``classifier.dense`` + ``classifier.out_proj``.
     """
     src = Path(folder)
-    meta = json.loads((src / HUB_HEAD_CONFIG).read_text(encoding="utf-8"))
+    meta = read_hub_json(src / HUB_HEAD_CONFIG)
     cfg = meta.get("config", {})
     if cfg.get("head_type") != "classification" or cfg.get("layers") != 2 or cfg.get("activation_function") != "tanh":
-        raise ValueError(f"{src / 'head_config.json'}: only 2-layer tanh classification heads are supported")
-    tensors = _read_weights(src, "model_head")
+        raise ValueError(f"{src / HUB_HEAD_CONFIG}: only 2-layer tanh classification heads are supported")
+    tensors = read_hub_weights(src, "model_head")
     first = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if re.search(r"^heads\.[^.]+\.1\.", k)}
     last = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if re.search(r"^heads\.[^.]+\.4\.", k)}
     dense_path, out_path = None, None
@@ -333,98 +295,3 @@ def load_adapterhub_head(model: nn.Module, folder: str | Path) -> None:
                 )
             with torch.no_grad():
                 param.copy_(value.to(param.dtype))
-
-
-def save_adapterhub(model: nn.Module, name: str, out_dir: str | Path) -> Path:
-    """Write adapter ``name`` in AdapterHub's format (``adapter_config.json`` + ``adapter.safetensors``; AdapterHub
-    reads it with ``model.load_adapter(folder, use_safetensors=True)``).
-
-    Exportable: ``ffn_post_ln`` (→ ``seq_bn``), ``both`` (→ ``double_seq_bn``) and ``parallel`` (→ ``par_bn``) adapters
-    without a gate, on the BERT family. Anything else raises ``ValueError`` naming what cannot be expressed.
-    """
-    from safetensors.torch import save_file
-
-    from ..core.model import adapter_config, adapter_targets
-
-    cfg = adapter_config(model, name)
-    if cfg.gate or cfg.target_modules:
-        raise ValueError(f"adapter {name!r}: gate / target_modules have no AdapterHub equivalent")
-    kinds = {
-        "ffn_post_ln": {"mh_adapter": False, "output_adapter": True, "original_ln_before": True, "is_parallel": False},
-        "both": {"mh_adapter": True, "output_adapter": True, "original_ln_before": False, "is_parallel": False},
-        "parallel": {"mh_adapter": False, "output_adapter": True, "original_ln_before": False, "is_parallel": True},
-    }
-    if cfg.placement not in kinds:
-        raise ValueError(
-            f"adapter {name!r}: placement {cfg.placement!r} has no AdapterHub equivalent ({sorted(kinds)})"
-        )
-    blocks = find_blocks(model)
-    width = blocks[0].width
-    modules = adapter_modules(model, name)
-    size = next(iter(modules.values())).size
-    if width / size != int(width / size) and cfg.bottleneck_size is not None:
-        raise ValueError(f"adapter {name!r}: bottleneck {size} is not width / an integer reduction factor")
-    act = {"identity": "linear", "gelu_tanh": "gelu_new", "silu": "swish"}.get(cfg.activation, cfg.activation)
-    used = {t for t in (_layer_of(p) for p in adapter_targets(model, name))}
-    hub = {
-        **kinds[cfg.placement],
-        "reduction_factor": width // size,
-        "non_linearity": act,
-        "original_ln_after": True,
-        "ln_before": cfg.layer_norm_before,
-        "ln_after": cfg.layer_norm_after,
-        "init_weights": "bert",
-        "scaling": "learned" if cfg.learn_scaling else float(cfg.scaling),
-        "use_gating": False,
-        "residual_before_ln": True,
-        "adapter_residual_before_ln": False,
-        "dropout": cfg.dropout,
-        "leave_out": [b.index for b in blocks if b.index not in used],
-        "phm_layer": False,
-        "inv_adapter": None,
-        "cross_adapter": False,
-        "stochastic_depth": 0.0,
-    }
-    prefix = getattr(model, "base_model_prefix", "")
-    tensors: dict[str, torch.Tensor] = {}
-    for path, module in modules.items():
-        host = path[: -len(f".adapters.{name}")]
-        location = host.rsplit(".", 1)[0]  # AdapterHub keeps adapters on the sublayer's output module
-        if prefix and not location.startswith(prefix + "."):
-            location = f"{prefix}.{location}"
-        base = f"{location}.adapters.{name}"
-        state = module.state_dict()
-        down = 1 if cfg.layer_norm_before else 0
-        tensors[f"{base}.adapter_down.{down}.weight"] = state["down.weight"]
-        tensors[f"{base}.adapter_down.{down}.bias"] = state["down.bias"]
-        tensors[f"{base}.adapter_up.weight"] = state["up.weight"]
-        tensors[f"{base}.adapter_up.bias"] = state["up.bias"]
-        if cfg.layer_norm_before:
-            for k in ("weight", "bias"):
-                tensors[f"{base}.adapter_down.0.{k}"] = state[f"norm_before.{k}"]
-                tensors[f"{base}.adapter_norm_before.{k}"] = state[f"norm_before.{k}"]
-        if cfg.layer_norm_after:
-            for k in ("weight", "bias"):
-                tensors[f"{base}.adapter_norm_after.{k}"] = state[f"norm_after.{k}"]
-        if cfg.learn_scaling:
-            tensors[f"{base}.scaling"] = state["scale"].reshape(1)
-    meta = {
-        "config": hub,
-        "hidden_size": width,
-        "model_class": type(model).__name__,
-        "model_name": None,
-        "model_type": getattr(getattr(model, "config", None), "model_type", None),
-        "name": name,
-        "version": "adapters.1.3.0",
-    }
-    # clone: the ln_before weights are written under two names, and safetensors refuses shared storage
-    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
-    out = Path(out_dir)
-    atomic_dir_write(
-        out,
-        {
-            "adapter.safetensors": lambda p: save_file(tensors, str(p), metadata={"format": "pt"}),
-            HUB_CONFIG: lambda p: p.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8"),
-        },
-    )
-    return out
