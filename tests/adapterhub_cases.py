@@ -21,7 +21,7 @@ def build_base(case: dict, name: str) -> torch.nn.Module:
 
     base = case["base_model"]
     if base["kind"] != "tiny":
-        from .test_minilm import minilm_dir
+        from .helpers import minilm_dir
 
         path = minilm_dir()
         if path is None:

@@ -16,8 +16,7 @@ from adaptune import AdapterConfig, Average, Fuse, PerExample, Stack
 from adaptune.core.composition import adapter_names, from_dict, parse, to_dict
 from adaptune.core.slot import ForwardState
 
-from .conftest import tiny_bert_classifier
-from .test_model import logits, randomize
+from .helpers import logits, randomize, tiny_bert_classifier
 
 
 def seq_model() -> tuple[nn.Module, torch.Tensor]:

@@ -18,8 +18,7 @@ from adaptune import AdapterConfig, MethodConfig, Stack
 from adaptune.core.contract import METHODS, AdapterModule, Method, config_from_dict, register_method
 from adaptune.core.placement import Target
 
-from .conftest import tiny_bert_classifier
-from .test_model import logits
+from .helpers import logits, tiny_bert_classifier
 
 
 @dataclass(frozen=True)

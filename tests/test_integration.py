@@ -10,7 +10,7 @@ import torch
 import adaptune
 from adaptune import AdapterConfig
 
-from .conftest import tiny_bert_classifier
+from .helpers import tiny_bert_classifier
 
 
 class ToyData(torch.utils.data.Dataset):

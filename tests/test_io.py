@@ -12,8 +12,7 @@ from safetensors.torch import load_file, save_file
 import adaptune
 from adaptune import AdapterConfig
 
-from .conftest import tiny_bert_classifier
-from .test_model import logits, randomize
+from .helpers import logits, randomize, tiny_bert_classifier
 
 
 def trained(seed: int = 0) -> torch.nn.Module:

@@ -11,20 +11,7 @@ from torch import nn
 import adaptune
 from adaptune import AdapterConfig
 
-from .conftest import tiny_bert_classifier
-
-
-def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=ids).logits
-
-
-def randomize(model: nn.Module, name: str, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in adaptune.adapter_modules(model, name).values():
-            for p in module.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+from .helpers import logits, randomize, tiny_bert_classifier
 
 
 def test_new_adapter_is_identity_and_fires(bert: nn.Module, ids: torch.Tensor) -> None:

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 import adaptune
 from adaptune import AdapterConfig, PerExample
 
-from .test_model import randomize
+from .helpers import randomize
 from .tiny_models import VOCAB, tiny_config
 
 PROMPT_LEN, NEW_TOKENS = 6, 6

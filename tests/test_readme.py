@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_minilm import minilm_dir
+from .helpers import minilm_dir
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
