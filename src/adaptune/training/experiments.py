@@ -15,65 +15,44 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_compare_parser", "add_sweep_parser", "primary_metric", "run_compare", "run_sweep"]
+from .config import RunConfig
+from .options import to_argv
+from .tasks import task_named
+
+__all__ = ["COMPARE_OPTIONS", "PRESETS", "run_compare", "run_sweep", "train_command"]
 
 PRESETS = ("pfeiffer", "houlsby", "parallel")
+# The RunConfig options compare / sweep take (declared on RunConfig), and the budget they default to.
+COMPARE_OPTIONS = (
+    "task",
+    "model",
+    "data",
+    "out",
+    "max_steps",
+    "batch_size",
+    "max_length",
+    "limit",
+    "seed",
+    "train_modules",
+    "text_column",
+    "label_column",
+    "target_column",
+)
+COMPARE_DEFAULTS = {"max_steps": 100}
 
 
-def primary_metric(task: str) -> tuple[str, bool]:
-    """(metrics.json key, higher is better) used to rank runs of a task."""
-    return ("test_accuracy", True) if task == "classification" else ("test_loss", False)
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", choices=("classification", "qa", "causal-lm"), default="classification")
-    p.add_argument("--model", default="minilm")
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--max-steps", type=int, default=100, help="the same budget for every run")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--limit", type=int, help="cap each split")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--adapter-lr", type=float, default=1e-3)
-    p.add_argument("--train-modules", nargs="+", default=[], help="extra modules trained with each adapter's head")
-    p.add_argument("--text-column")
-    p.add_argument("--label-column")
-    p.add_argument("--target-column")
-
-
-def add_compare_parser(sub: Any) -> None:
-    """Register ``adaptune compare``."""
-    p = sub.add_parser("compare", help="full fine-tuning vs adapter configs on the same data and budget")
-    _common(p)
-    p.add_argument("--presets", nargs="+", default=["pfeiffer"], choices=PRESETS)
-    p.add_argument("--reduction-factor", type=float, default=16.0)
-    p.add_argument("--full-lr", type=float, default=5e-5, help="learning rate for full fine-tuning")
-    p.add_argument("--no-full", action="store_true", help="skip the full fine-tuning run")
-
-
-def add_sweep_parser(sub: Any) -> None:
-    """Register ``adaptune sweep``."""
-    p = sub.add_parser("sweep", help="short runs over placements x layers x reduction factors")
-    _common(p)
-    p.add_argument("--placements", nargs="+", default=["attention", "ffn", "both", "parallel"])
-    p.add_argument("--layer-sets", nargs="+", default=["all", "top-half", "last:2"])
-    p.add_argument("--reduction-factors", nargs="+", type=float, default=[16.0, 64.0])
-
-
-def _train_cmd(a: argparse.Namespace, out: Path, extra: list[str], lr: float) -> list[str]:
-    cmd = [sys.executable, "-m", "adaptune.cli", "train", "--task", a.task, "--model", a.model, "--data", a.data]
-    cmd += ["--out", str(out), "--max-steps", str(a.max_steps), "--batch-size", str(a.batch_size)]
-    cmd += ["--max-length", str(a.max_length), "--seed", str(a.seed), "--lr", str(lr), "--eval-limit", "200"]
-    cmd += ["--save-every", str(10**9), "--log-every", str(max(1, a.max_steps // 5))]
-    for opt in ("limit", "text_column", "label_column", "target_column"):
-        if getattr(a, opt, None) is not None:
-            cmd += [f"--{opt.replace('_', '-')}", str(getattr(a, opt))]
+def train_command(a: argparse.Namespace, out: Path, extra: list[str], lr: float) -> list[str]:
+    """The ``adaptune train`` subprocess of one configuration: the shared options of ``a`` (RunConfig fields),
+    this run's folder and learning rate, then ``extra`` (adapter options)."""
+    values = {name: getattr(a, name) for name in COMPARE_OPTIONS if name != "train_modules"}
+    values |= {"out": str(out), "lr": lr, "eval_limit": 200, "save_every": 10**9}
+    values["log_every"] = max(1, a.max_steps // 5)
+    cmd = [sys.executable, "-m", "adaptune.cli", "train", *to_argv(RunConfig, values)]
     return cmd + extra
 
 
 def _train_modules(a: argparse.Namespace) -> list[str]:
-    return ["--train-modules", *a.train_modules] if a.train_modules else []
+    return to_argv(RunConfig, {"train_modules": a.train_modules})
 
 
 def _run(name: str, cmd: list[str], out: Path) -> dict[str, Any]:
@@ -103,7 +82,8 @@ def _finish(a: argparse.Namespace, title: str, runs: list[dict[str, Any]], paret
     from .report import markdown_table, pareto_front, plot_tradeoff, write_report
 
     out = Path(a.out)
-    key, higher = primary_metric(a.task)
+    task = task_named(a.task)
+    key, higher = task.main_metric_key, task.higher_is_better
     ok = [r for r in runs if "error" not in r]
     write_json_atomic(out / "results.json", runs)
     rows = [_row(r, key) for r in runs]
@@ -158,13 +138,13 @@ def run_compare(a: argparse.Namespace) -> int:
         runs.append(
             _run(
                 "full-finetune",
-                _train_cmd(a, out / "full-finetune", ["--full-finetune"], a.full_lr),
+                train_command(a, out / "full-finetune", ["--full-finetune"], a.full_lr),
                 out / "full-finetune",
             )
         )
     for preset in a.presets:
         extra = ["--preset", preset, "--reduction-factor", str(a.reduction_factor), *_train_modules(a)]
-        runs.append(_run(preset, _train_cmd(a, out / preset, extra, a.adapter_lr), out / preset))
+        runs.append(_run(preset, train_command(a, out / preset, extra, a.adapter_lr), out / preset))
     return _finish(a, f"adaptune compare: {a.data} with {a.model}", runs, pareto_plots=False)
 
 
@@ -178,5 +158,5 @@ def run_sweep(a: argparse.Namespace) -> int:
         preset = "houlsby" if placement == "both" else "parallel" if placement == "parallel" else "pfeiffer"
         extra = ["--preset", preset, "--placement", placement, "--layers", layers, "--reduction-factor", str(rf)]
         extra += _train_modules(a)
-        runs.append(_run(name, _train_cmd(a, folder, extra, a.adapter_lr), folder))
+        runs.append(_run(name, train_command(a, folder, extra, a.adapter_lr), folder))
     return _finish(a, f"adaptune sweep: {a.data} with {a.model}", runs, pareto_plots=True)

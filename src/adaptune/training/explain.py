@@ -23,6 +23,7 @@ from ..core.contract import AdapterModule, MixerModule
 from ..core.slot import AdapterSlot
 from ..methods.bottleneck import Bottleneck
 from .data.example import Example
+from .tasks.classification import tokenize_texts
 
 __all__ = ["collect", "explain"]
 
@@ -153,7 +154,7 @@ def explain(
     batches = []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
-        enc = tok([e.text for e in chunk], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        enc = tokenize_texts(tok, [e.text for e in chunk], max_length)
         batches.append(({k: v.to(device) for k, v in enc.items()}, [e.label for e in chunk]))
     stats = collect(model, batches)
     images: dict[str, Path] = {}

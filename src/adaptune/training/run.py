@@ -1,99 +1,84 @@
-"""The training run behind ``adaptune train``: data → model + adapter → loop → checkpoints → report.
+"""The training run behind ``adaptune train``, in three named stages: ``prepare`` (data, model + adapter,
+optimizer, schedule, resume) -> ``fit`` (the loop, checkpoints) -> ``finish`` (test metrics, save, report).
 
-The loop is plain PyTorch (AdamW, linear warm-up/decay) so that a checkpoint can hold exactly what a
-resume needs: trainable weights, optimizer, scheduler, RNG states and the data position. The data order
-of epoch ``e`` is a permutation drawn from ``seed`` and ``e`` alone, so a resumed run sees the same
-batches as an uninterrupted one. Ctrl-C saves a checkpoint before exiting.
+The loop is plain PyTorch (AdamW, ``lr_factor``: linear warm-up then linear decay) so that a checkpoint can hold
+exactly what a resume needs: trainable weights, optimizer, scheduler, RNG states and the data position. The data
+order of epoch ``e`` is a permutation drawn from ``seed`` and ``e`` alone, so a resumed run sees the same batches
+as an uninterrupted one. Ctrl-C and SIGTERM save a checkpoint at the start of the interrupted step before exiting
+(see ``signals``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
-import re
 import resource
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..core.base_dropout import set_base_dropout
-from ..core.model import DEFAULT_HEADS, add_adapter, head_modules, train_adapter, trainable_summary
-from ..formats.names import CONFIG_FILE, TASK_FILE
-from ..formats.native import load_adapter, save_adapter
-from ..methods.bottleneck import AdapterConfig
 from ..util import write_json_atomic
-from .assets import resolve_model
+from .build import build_model, rebuild_unsharded, save_result
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import RunConfig, RunResult
 from .data.datasets import Dataset, load_dataset
-from .distributed import gather_trainable, load_optimizer_state, optimizer_state, reshard, wrap
+from .distributed import Dist, gather_trainable, load_optimizer_state, optimizer_state, reshard, wrap
 from .distributed import setup as setup_distributed
 from .evaluate import evaluate
-from .tasks import LmEncoder, encode_classification, load_model
+from .signals import StopSignals, Terminated
+from .tasks import task_named
+from .tasks.base import Encoder
 
-__all__ = ["RunConfig", "RunResult", "run_training"]
-
-
-@dataclass
-class RunConfig:
-    """Everything one training run needs (the CLI builds this from its options)."""
-
-    task: str
-    model: str  # a built-in alias or a local Hugging Face folder
-    data: str  # a built-in dataset name, a file or a folder
-    out: str
-    adapter: AdapterConfig | None = field(default_factory=AdapterConfig.pfeiffer)  # None: full fine-tuning
-    name: str = "adapter"
-    train_modules: tuple[str, ...] = ()  # extra modules that train (and are saved) with the head, e.g. bert.pooler
-    fuse_from: tuple[str, ...] = ()  # saved adapter folders to fuse (AdapterFusion) instead of a new adapter
-    fusion_reg: float = 0.01  # λ of the fusion value regulariser
-    text_column: str | None = None
-    label_column: str | None = None
-    target_column: str | None = None
-    epochs: float = 1.0
-    max_steps: int | None = None
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.06
-    batch_size: int = 16
-    grad_accum: int = 1
-    max_length: int = 128
-    seed: int = 0
-    limit: int | None = None  # cap each split (quick runs)
-    eval_every: int | None = None  # steps between validation passes (None: at the end only)
-    eval_limit: int | None = 500  # validation examples per pass
-    save_every: int = 100  # steps between checkpoints
-    log_every: int = 10
-    resume: bool = False
-    generate_limit: int | None = 50
-    exec_tests: bool = False
-    strategy: str = "ddp"  # ddp | fsdp, when launched on several processes
-    base_dropout: bool = True  # False: dropout off in the frozen pretrained body (adapters and head keep theirs)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["adapter"] = self.adapter.to_dict() if self.adapter else None
-        return d
+__all__ = ["Run", "RunConfig", "RunResult", "epoch_order", "finish", "fit", "lr_factor", "prepare", "run_training"]
 
 
 @dataclass
-class RunResult:
-    """What a run measured."""
+class Run:
+    """What a run carries from stage to stage."""
 
-    metrics: dict[str, Any]
-    history: list[dict[str, float]]
-    out: Path
+    cfg: RunConfig
+    job: Dist
+    data: Dataset
+    model: torch.nn.Module  # the plain model (names unchanged; FSDP2 shards it in place)
+    runner: torch.nn.Module  # what the loop calls: the model, or its DDP wrapper
+    tok: Any
+    fuse: Any  # the fusion being trained, if any
+    summary: Any  # trainable parameter counts
+    encode: Encoder
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    total: int  # optimizer steps of the whole run
+    batches_per_epoch: int
+    step: int = 0
+    epoch: int = 0
+    cursor: int = 0  # next micro-batch index within the epoch
+    history: list[dict[str, float]] = field(default_factory=list)
+    step_times: list[float] = field(default_factory=list)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def fsdp(self) -> bool:
+        return self.cfg.strategy == "fsdp" and self.job.world > 1
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
 
 
-def _peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux: the process's peak resident memory so far.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def run_training(cfg: RunConfig) -> RunResult:
+    """Train, checkpoint, evaluate on the test split, save the adapter and write the report."""
+    run = prepare(cfg)
+    fit(run)
+    return finish(run)
 
 
 def _log(msg: str) -> None:
@@ -101,243 +86,187 @@ def _log(msg: str) -> None:
         print(f"adaptune: {msg}", file=sys.stderr, flush=True)
 
 
-def _encode(cfg: RunConfig, data: Dataset, tok: Any, chunk: list[Any]) -> dict[str, torch.Tensor]:
-    if cfg.task == "classification":
-        assert data.labels is not None
-        return encode_classification(tok, chunk, {n: i for i, n in enumerate(data.labels)}, cfg.max_length)
-    return LmEncoder(tok, cfg.task, cfg.max_length).encode(chunk)
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """The learning-rate multiplier after ``step`` optimizer steps: linear warm-up over ``warmup`` steps, then a
+    linear decay that reaches 0 at ``total``."""
+    return min(1.0, (step + 1) / max(1, warmup)) * max(0.0, (total - step) / max(1, total - warmup))
 
 
-def run_training(cfg: RunConfig) -> RunResult:
-    """Train, checkpoint, evaluate on the test split, save the adapter and write the report."""
-    from .report import write_report
+def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    """The order of the ``n`` training examples in ``epoch``: from ``seed`` and ``epoch`` alone, so a resumed run
+    draws the same batches."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
 
-    out = Path(cfg.out)
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    data = load_dataset(
-        cfg.data,
-        cfg.task,
-        text_column=cfg.text_column,
-        label_column=cfg.label_column,
-        target_column=cfg.target_column,
-        limit=cfg.limit,
-    )
+
+def _load_data(cfg: RunConfig) -> Dataset:
+    columns = {"text_column": cfg.text_column, "label_column": cfg.label_column, "target_column": cfg.target_column}
+    data = load_dataset(cfg.data, cfg.task, limit=cfg.limit, **columns)
     if data.task != cfg.task:
         raise ValueError(f"data {cfg.data!r} is a {data.task} dataset, but --task is {cfg.task}")
     _log(data.summary())
-    job = setup_distributed()
-    device = job.device
-    model, tok, fuse, summary = _build(cfg, data)
-    model.to(device)
-    _log(str(summary))
+    return data
 
-    train = data.train
-    per_step = cfg.batch_size * cfg.grad_accum
-    batches_per_epoch = math.ceil(len(train) / cfg.batch_size)
+
+def _schedule_length(cfg: RunConfig, job: Dist, n_train: int) -> tuple[int, int]:
+    """(micro-batches per epoch, optimizer steps in the run)."""
+    batches_per_epoch = math.ceil(n_train / cfg.batch_size)
     if job.world > 1:
         if cfg.batch_size % job.world:
             raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {job.world} processes")
-        batches_per_epoch = max(1, len(train) // cfg.batch_size)  # full global batches only: equal shards
+        batches_per_epoch = max(1, n_train // cfg.batch_size)  # full global batches only: equal shards
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * n_train / (cfg.batch_size * cfg.grad_accum)))
+    return batches_per_epoch, total
+
+
+def prepare(cfg: RunConfig) -> Run:
+    """Stage 1: seed, data, process group, model + adapter, optimizer and schedule; resume when asked."""
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    data = _load_data(cfg)
+    job = setup_distributed()
+    model, tok, fuse, summary = build_model(cfg, data)
+    model.to(job.device)
+    _log(str(summary))
+    batches_per_epoch, total = _schedule_length(cfg, job, len(data.train))
     runner = wrap(model, job, cfg.strategy)
-    fsdp = cfg.strategy == "fsdp" and job.world > 1
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train) / per_step))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = int(cfg.warmup_ratio * total)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) * max(0.0, (total - s) / max(1, total - warmup))
-    )
-    step, epoch, cursor = 0, 0, 0  # cursor: next micro-batch index within the epoch
-    history: list[dict[str, float]] = []
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup))
+    encode = task_named(cfg.task).encoder(tok, data.labels, cfg.max_length)
+    run = Run(cfg, job, data, model, runner, tok, fuse, summary, encode, opt, sched, total, batches_per_epoch)
     if cfg.resume:
-        state = load_checkpoint(out, model)
-        if state is None:
-            _log(f"--resume: no checkpoint in {out / 'checkpoints'}; starting fresh")
-        else:
-            load_optimizer_state(model, opt, state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            set_rng_state(state["rng"])
-            step, epoch, cursor = state["step"], state["epoch"], state["cursor"]
-            history = list(state["history"])
-            _log(f"resumed from {state['folder']} at step {step}")
+        _resume(run)
+    return run
 
-    def checkpoint(rng: dict[str, Any] | None = None, weights: dict[str, torch.Tensor] | None = None) -> Path:
-        # Under FSDP the gathers are collectives: every rank takes part, rank 0 writes.
-        weights = gather_trainable(model) if weights is None else weights
-        optim = optimizer_state(model, opt, cfg.strategy)
-        state = {
-            "optimizer": optim,
-            "scheduler": sched.state_dict(),
-            "rng": rng or rng_state(),
-            "step": step,
-            "epoch": epoch,
-            "cursor": cursor,
-            "history": history,
-        }
-        return save_checkpoint(out, step, weights, state) if job.main else out
 
-    def order(e: int) -> list[int]:
-        g = torch.Generator().manual_seed(cfg.seed * 100_003 + e)
-        return torch.randperm(len(train), generator=g).tolist()
+def _resume(run: Run) -> None:
+    state = load_checkpoint(run.out, run.model)
+    if state is None:
+        _log(f"--resume: no checkpoint in {run.out / 'checkpoints'}; starting fresh")
+        return
+    load_optimizer_state(run.model, run.opt, state["optimizer"])
+    run.sched.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    run.step, run.epoch, run.cursor = state["step"], state["epoch"], state["cursor"]
+    run.history = list(state["history"])
+    _log(f"resumed from {state['folder']} at step {run.step}")
 
+
+def checkpoint(run: Run, rng: dict[str, Any] | None = None, weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Save the run's state at its current position (``rng``: the RNG state of that position, default now).
+
+    Under FSDP the gathers are collectives: every rank takes part, rank 0 writes."""
+    weights = gather_trainable(run.model) if weights is None else weights
+    state = {
+        "optimizer": optimizer_state(run.model, run.opt, run.cfg.strategy),
+        "scheduler": run.sched.state_dict(),
+        "rng": rng or rng_state(),
+        "step": run.step,
+        "epoch": run.epoch,
+        "cursor": run.cursor,
+        "history": run.history,
+    }
+    return save_checkpoint(run.out, run.step, weights, state) if run.job.main else run.out
+
+
+def _encode(run: Run, chunk: list[Any]) -> dict[str, torch.Tensor]:
+    return run.encode(chunk)
+
+
+def _accumulate(run: Run, perm: list[int]) -> tuple[float, list[int]]:
+    """Forward + backward over the step's micro-batches; returns (mean loss over ranks, the epoch's order)."""
+    cfg, job = run.cfg, run.job
+    loss_sum = 0.0
+    for _ in range(cfg.grad_accum):
+        if run.cursor >= run.batches_per_epoch:
+            run.epoch, run.cursor = run.epoch + 1, 0
+            perm = epoch_order(cfg.seed, run.epoch, len(run.data.train))
+        idx = perm[run.cursor * cfg.batch_size : (run.cursor + 1) * cfg.batch_size][job.rank :: job.world]
+        run.cursor += 1
+        batch = {k: v.to(job.device) for k, v in _encode(run, [run.data.train[i] for i in idx]).items()}
+        loss = run.runner(**batch).loss / cfg.grad_accum
+        loss.backward()
+        loss_sum += loss.item()
+    return job.mean(loss_sum), perm
+
+
+def _commit(run: Run, loss: float) -> None:
+    """Apply the step's update and count it (never cut by a signal: see ``signals``)."""
+    torch.nn.utils.clip_grad_norm_(run.params, 1.0)
+    run.opt.step()
+    run.sched.step()
+    run.opt.zero_grad(set_to_none=True)
+    run.step += 1
+    run.history.append({"step": run.step, "train_loss": loss, "lr": run.sched.get_last_lr()[0]})
+
+
+def _after_step(run: Run, loss: float, bar: Any) -> None:
+    """Progress, log line, periodic validation and checkpoint."""
+    cfg, step = run.cfg, run.step
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.4f}")
+    if step % cfg.log_every == 0 or step == run.total:
+        _log(
+            f"step {step}/{run.total} loss {loss:.4f} lr {run.sched.get_last_lr()[0]:.2e} "
+            f"{statistics.median(run.step_times[-cfg.log_every :]):.2f} s/step"
+        )
+    if cfg.eval_every and step % cfg.eval_every == 0 and step < run.total and (run.job.main or run.fsdp):
+        # A sharded model runs only with every rank taking part; the ranks all see the same examples.
+        run.history[-1] |= _validate(run)
+        if run.fsdp:
+            reshard(run.model)
+        run.model.train()
+    if step % cfg.save_every == 0 and step < run.total:
+        checkpoint(run)
+
+
+def fit(run: Run) -> None:
+    """Stage 2: the training loop from ``run.step`` to ``run.total``, with periodic checkpoints. On Ctrl-C /
+    SIGTERM: a checkpoint at the start of the interrupted step, then the exception goes on."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, initial=step, desc="train", disable=None if job.main else True, unit="step")
-    step_times: list[float] = []
-    perm = order(epoch)
-    model.train()
-    try:
-        while step < total:
-            # Where this step starts: an interrupt rolls back to here, so the resumed run redoes the step.
-            start_epoch, start_cursor, start_rng = epoch, cursor, rng_state()
-            t0 = time.perf_counter()
-            loss_sum = 0.0
-            for _ in range(cfg.grad_accum):
-                if cursor >= batches_per_epoch:
-                    epoch, cursor = epoch + 1, 0
-                    perm = order(epoch)
-                idx = perm[cursor * cfg.batch_size : (cursor + 1) * cfg.batch_size][job.rank :: job.world]
-                cursor += 1
-                batch = {k: v.to(device) for k, v in _encode(cfg, data, tok, [train[i] for i in idx]).items()}
-                loss = runner(**batch).loss / cfg.grad_accum
-                loss.backward()
-                loss_sum += loss.item()
-            loss_sum = job.mean(loss_sum)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            step_times.append(time.perf_counter() - t0)
-            history.append({"step": step, "train_loss": loss_sum, "lr": sched.get_last_lr()[0]})
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.4f}")
-            if step % cfg.log_every == 0 or step == total:
-                _log(
-                    f"step {step}/{total} loss {loss_sum:.4f} lr {sched.get_last_lr()[0]:.2e} "
-                    f"{statistics.median(step_times[-cfg.log_every :]):.2f} s/step"
-                )
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < total and (job.main or fsdp):
-                # A sharded model runs only with every rank taking part; the ranks all see the same examples.
-                history[-1] |= _validate(cfg, data, model, tok)
-                if fsdp:
-                    reshard(model)
-                model.train()
-            if step % cfg.save_every == 0 and step < total:
-                checkpoint()
-    except KeyboardInterrupt:
-        bar.close()
-        opt.zero_grad(set_to_none=True)
-        epoch, cursor = start_epoch, start_cursor
-        folder = checkpoint(start_rng)
-        _log(f"interrupted: checkpoint saved at {folder}; continue with --resume")
-        raise
+    bar = tqdm(total=run.total, initial=run.step, desc="train", disable=None if run.job.main else True, unit="step")
+    perm = epoch_order(run.cfg.seed, run.epoch, len(run.data.train))
+    run.model.train()
+    # Where the current step starts (epoch, cursor, RNG): an interrupt rolls back to here, so the resumed run
+    # redoes the step.
+    start = (run.epoch, run.cursor, rng_state())
+    with StopSignals(run.job.any if run.job.world > 1 else None) as stop:
+        try:
+            while run.step < run.total:
+                start = (run.epoch, run.cursor, rng_state())
+                stop.raise_pending()
+                t0 = time.perf_counter()
+                loss, perm = _accumulate(run, perm)
+                with stop.deferred():
+                    _commit(run, loss)
+                start = (run.epoch, run.cursor, rng_state())
+                run.step_times.append(time.perf_counter() - t0)
+                _after_step(run, loss, bar)
+            stop.raise_pending()
+        except KeyboardInterrupt as err:
+            bar.close()
+            run.opt.zero_grad(set_to_none=True)
+            run.epoch, run.cursor = start[0], start[1]
+            with stop.deferred():  # a second signal must not cut the checkpoint in half
+                folder = checkpoint(run, start[2])
+            how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+            _log(f"{how}: checkpoint saved at {folder}; continue with --resume")
+            raise
     bar.close()
-    trained = gather_trainable(model)  # one gather serves the last checkpoint and, under FSDP, the rebuild
-    checkpoint(weights=trained)
-    if fsdp:  # rank 0 carries on alone with a plain model
-        job.barrier()
-        job.close()
-        if not job.main:
-            return RunResult({}, history, out)
-        model = _unsharded(cfg, data, trained).to(device)
-    elif not job.main:  # rank 0 evaluates and writes; the others are done
-        job.barrier()
-        job.close()
-        return RunResult({}, history, out)
-
-    history[-1] |= _validate(cfg, data, model, tok)
-    _log("evaluating on the test split")
-    test = evaluate(
-        cfg.task,
-        model,
-        tok,
-        data.test,
-        labels=data.labels,
-        batch_size=cfg.batch_size * 2,
-        max_length=cfg.max_length,
-        generate_limit=cfg.generate_limit,
-        exec_tests=cfg.exec_tests,
-    )
-    saved_bytes = _save(cfg, model, out, data.labels, fuse)
-    metrics: dict[str, Any] = {f"test_{k}": v for k, v in test.items()}
-    metrics |= {
-        "trainable_params": summary.trainable,
-        "total_params": summary.total,
-        "trainable_percent": summary.percent,
-        "saved_bytes": saved_bytes,
-        "steps": step,
-        "step_time_s": statistics.median(step_times) if step_times else None,
-        "peak_rss_mb": _peak_rss_mb(),
-        "train_examples": len(data.train),
-        "test_examples": len(data.test),
-    }
-    write_json_atomic(out / "metrics.json", metrics)
-    write_json_atomic(out / "run_config.json", cfg.to_dict())
-    report = write_report(
-        out / "report",
-        title=f"adaptune train: {cfg.task} on {data.name} with {cfg.model}",
-        config=cfg.to_dict(),
-        metrics=metrics,
-        history=history,
-    )
-    _log(f"report: {report}")
-    if not fsdp:
-        job.barrier()
-        job.close()
-    return RunResult(metrics, history, out)
 
 
-def _build(cfg: RunConfig, data: Dataset) -> tuple[torch.nn.Module, Any, Any, Any]:
-    """The model for this run with its adapter / fusion added and set to train: (model, tokenizer, fusion, summary)."""
-    model, tok = load_model(cfg.task, resolve_model(cfg.model), data.labels)
-    missing = [m for m in cfg.train_modules if m not in head_modules(model, cfg.train_modules)]
-    if missing:
-        raise ValueError(f"--train-modules: {type(model).__name__} has no module {missing[0]!r}")
-    heads = (*DEFAULT_HEADS, *cfg.train_modules)
-    fuse = None
-    if cfg.fuse_from:
-        from ..methods.fusion import add_fusion, train_fusion
-
-        names = [
-            load_adapter(model, d, name=unique_name(model, d), activate=False, load_head=False) for d in cfg.fuse_from
-        ]
-        fuse = add_fusion(model, names)
-        summary = train_fusion(model, fuse, heads=heads, regularization=cfg.fusion_reg)
-    elif cfg.adapter is not None:
-        add_adapter(model, cfg.name, cfg.adapter)
-        summary = train_adapter(model, cfg.name, heads=heads)
-    else:
-        if not cfg.base_dropout:
-            raise ValueError("--base-dropout off: full fine-tuning has no frozen base; give an adapter")
-        for p in model.parameters():
-            p.requires_grad_(True)
-        summary = trainable_summary(model)
-    if not cfg.base_dropout:
-        set_base_dropout(model, False, heads)
-    return model, tok, fuse, summary
-
-
-def _unsharded(cfg: RunConfig, data: Dataset, trained: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """After an FSDP run, rank 0 rebuilds a plain (unsharded) model from the base and the gathered trainable
-    tensors, to evaluate and save without the other processes."""
-    model, _, _, _ = _build(cfg, data)
-    _, unexpected = model.load_state_dict(trained, strict=False)
-    lost = [n for n, p in model.named_parameters() if p.requires_grad and n not in trained]
-    if unexpected or lost:  # the rebuild must be the trained model, tensor for tensor
-        raise RuntimeError(f"rebuilding the FSDP-trained model: unexpected {unexpected[:3]}, not trained {lost[:3]}")
-    return model
-
-
-def _validate(cfg: RunConfig, data: Dataset, model: torch.nn.Module, tok: Any) -> dict[str, float]:
+def _validate(run: Run) -> dict[str, float]:
+    cfg, data = run.cfg, run.data
     examples = data.validation[: cfg.eval_limit] if cfg.eval_limit else data.validation
     if not examples:
         return {}
     m = evaluate(
         cfg.task,
-        model,
-        tok,
+        run.model,
+        run.tok,
         examples,
         labels=data.labels,
         batch_size=cfg.batch_size * 2,
@@ -347,41 +276,74 @@ def _validate(cfg: RunConfig, data: Dataset, model: torch.nn.Module, tok: Any) -
     return {f"eval_{k}": v for k, v in m.items()}
 
 
-def unique_name(model: torch.nn.Module, folder: str) -> str:
-    """A free adapter name for a saved folder: its saved name, else the run folder's name (``runs/sst/adapter``
-    -> ``sst``) made into an identifier."""
-    from ..core.model import list_adapters
-
-    try:
-        meta = json.loads((Path(folder) / CONFIG_FILE).read_text(encoding="utf-8"))
-        saved = meta.get("name") if isinstance(meta, dict) else None
-    except (OSError, ValueError):
-        saved = None  # load_adapter reports the real problem
-    taken = set(list_adapters(model))
-    if isinstance(saved, str) and saved not in taken and saved != "adapter":
-        return saved
-    p = Path(folder)
-    base = re.sub(r"\W", "_", (p.parent.name if p.name == "adapter" else p.name)) or "adapter"
-    base = base if base[0].isalpha() or base[0] == "_" else f"a_{base}"
-    name, i = base, 1
-    while name in taken:
-        i += 1
-        name = f"{base}_{i}"
-    return name
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux: the process's peak resident memory so far.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _save(cfg: RunConfig, model: torch.nn.Module, out: Path, labels: list[str] | None, fuse: Any = None) -> int:
-    """Save the adapter / fusion (+ head) or, for full fine-tuning, the whole model; return bytes on disk."""
-    if fuse is not None:
-        from ..formats.fusion import save_fusion
+def _end_workers(run: Run) -> bool:
+    """Write the last checkpoint; under several processes leave only rank 0 running (True: this process is done).
+    After FSDP, rank 0 goes on with a plain model rebuilt from the gathered weights."""
+    trained = gather_trainable(run.model)  # one gather serves the last checkpoint and, under FSDP, the rebuild
+    checkpoint(run, weights=trained)
+    if run.fsdp:
+        run.job.barrier()
+        run.job.close()
+        if not run.job.main:
+            return True
+        run.model = rebuild_unsharded(run.cfg, run.data, trained).to(run.job.device)
+    elif not run.job.main:  # rank 0 evaluates and writes; the others are done
+        run.job.barrier()
+        run.job.close()
+        return True
+    return False
 
-        folder = save_fusion(model, fuse, out / "fusion", heads=(*DEFAULT_HEADS, *cfg.train_modules))
-    elif cfg.adapter is not None:
-        folder = save_adapter(model, cfg.name, out / "adapter", heads=(*DEFAULT_HEADS, *cfg.train_modules))
-    else:
-        folder = out / "model"
-        model.save_pretrained(folder)
-    # What eval/predict need to rebuild the model around the adapter.
-    info = {"task": cfg.task, "labels": labels, "model": cfg.model, "max_length": cfg.max_length}
-    write_json_atomic(folder / TASK_FILE, info)
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+def _test_metrics(run: Run) -> dict[str, Any]:
+    cfg, data = run.cfg, run.data
+    _log("evaluating on the test split")
+    test = evaluate(
+        cfg.task,
+        run.model,
+        run.tok,
+        data.test,
+        labels=data.labels,
+        batch_size=cfg.batch_size * 2,
+        max_length=cfg.max_length,
+        generate_limit=cfg.generate_limit,
+        exec_tests=cfg.exec_tests,
+    )
+    return {f"test_{k}": v for k, v in test.items()}
+
+
+def finish(run: Run) -> RunResult:
+    """Stage 3: last checkpoint, final validation, test metrics, the saved adapter, ``metrics.json`` and the
+    report (rank 0; the other ranks return empty metrics)."""
+    from .report import write_report
+
+    if _end_workers(run):
+        return RunResult({}, run.history, run.out)
+    cfg, data, out = run.cfg, run.data, run.out
+    run.history[-1] |= _validate(run)
+    metrics = _test_metrics(run)
+    saved_bytes = save_result(cfg, run.model, out, data.labels, run.fuse)
+    metrics |= {
+        "trainable_params": run.summary.trainable,
+        "total_params": run.summary.total,
+        "trainable_percent": run.summary.percent,
+        "saved_bytes": saved_bytes,
+        "steps": run.step,
+        "step_time_s": statistics.median(run.step_times) if run.step_times else None,
+        "peak_rss_mb": _peak_rss_mb(),
+        "train_examples": len(data.train),
+        "test_examples": len(data.test),
+    }
+    write_json_atomic(out / "metrics.json", metrics)
+    write_json_atomic(out / "run_config.json", cfg.to_dict())
+    title = f"adaptune train: {cfg.task} on {data.name} with {cfg.model}"
+    report = write_report(out / "report", title=title, config=cfg.to_dict(), metrics=metrics, history=run.history)
+    _log(f"report: {report}")
+    if not run.fsdp:
+        run.job.barrier()
+        run.job.close()
+    return RunResult(metrics, run.history, out)

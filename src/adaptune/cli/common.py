@@ -1,0 +1,141 @@
+"""Options and helpers the commands share: adapter options, data options, loading a saved adapter / fusion /
+setup for eval, predict and explain."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..core.config import PLACEMENTS
+from ..formats.names import TASK_FILE
+from ..methods.bottleneck import ACTIVATIONS, AdapterConfig
+from ..training.config import RunConfig
+from ..training.options import add_options, positive_float, positive_int, probability
+from ..training.tasks import task_names
+
+__all__ = [
+    "DATA_OPTIONS",
+    "PRESETS",
+    "adapter_config_from_args",
+    "add_adapter_options",
+    "add_data_options",
+    "add_setup_options",
+    "examples_from_args",
+    "load_adapted",
+]
+
+PRESETS = ("pfeiffer", "houlsby", "parallel")
+# RunConfig options that say which data to read (eval and explain take them too).
+DATA_OPTIONS = ("data", "text_column", "label_column", "target_column", "limit")
+
+
+def add_adapter_options(p: argparse.ArgumentParser) -> None:
+    """The options that describe a new adapter (train, plan)."""
+    g = p.add_argument_group("adapter")
+    g.add_argument("--preset", choices=PRESETS, default="pfeiffer")
+    g.add_argument("--placement", choices=PLACEMENTS, help="override the preset's placement")
+    g.add_argument("--layers", help="all | 0,2,4 | 2-5 | last:K | top-half | bottom-half")
+    g.add_argument("--reduction-factor", type=positive_float, default=16.0)
+    g.add_argument(
+        "--bottleneck-size", type=positive_int, help="explicit bottleneck size (overrides --reduction-factor)"
+    )
+    g.add_argument("--activation", choices=ACTIVATIONS, help="override the preset's activation")
+    g.add_argument("--scaling", type=float, help="override the preset's scaling")
+    g.add_argument("--adapter-dropout", type=probability, default=0.0)
+    g.add_argument("--target-modules", nargs="+", help="explicit module names / .suffixes / regexes")
+
+
+def adapter_config_from_args(a: argparse.Namespace) -> AdapterConfig:
+    """The AdapterConfig the adapter options describe."""
+    kwargs: dict[str, Any] = {"reduction_factor": a.reduction_factor, "dropout": a.adapter_dropout}
+    for key in ("bottleneck_size", "activation", "scaling", "layers", "placement", "target_modules"):
+        if getattr(a, key, None) is not None:
+            kwargs[key] = getattr(a, key)
+    preset = getattr(AdapterConfig, a.preset)
+    return preset(**kwargs)
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """--data and its column options, as RunConfig declares them."""
+    add_options(p, RunConfig, names=DATA_OPTIONS)
+
+
+def add_split_option(p: argparse.ArgumentParser) -> None:
+    """--split of eval / explain."""
+    p.add_argument(
+        "--split",
+        choices=("train", "validation", "test", "all"),
+        help="default: 'test' for a built-in dataset, 'all' rows of a file or folder",
+    )
+
+
+def add_setup_options(p: argparse.ArgumentParser, required: bool = False) -> None:
+    """Which saved adapters to load and how to compose them (eval, predict, explain)."""
+    p.add_argument(
+        "--adapter",
+        nargs="+",
+        required=required,
+        help="saved adapter or fusion folder(s); omit to use the base model (" + " / ".join(_base_tasks()) + ")",
+    )
+    p.add_argument("--setup", help="composition of the loaded adapters, e.g. 'Stack(lang, task)' or 'Average(a, b)'")
+    p.add_argument("--model", help="default: the model the (first) adapter was trained on")
+    p.add_argument("--task", choices=_base_tasks(), help="task of the base model (without --adapter)")
+
+
+def _base_tasks() -> tuple[str, ...]:
+    return task_names(needs_labels=False)  # a bare base model has no trained head
+
+
+def read_task(adapter_dir: Path) -> dict[str, Any]:
+    """The ``task.json`` that ``adaptune train`` writes beside a saved adapter."""
+    path = adapter_dir / TASK_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (written by `adaptune train`; pass --model and data options)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: unreadable ({err})") from None
+
+
+def load_adapted(a: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
+    """Model + tokenizer with the adapters / fusion of ``a.adapter`` loaded and ``a.setup`` active, or the bare
+    base model without adapters; plus the task info (task, labels, model, max_length)."""
+    from ..core.composition import parse
+    from ..core.model import set_active
+    from ..formats.detect import load_folder
+    from ..training.assets import resolve_model
+    from ..training.tasks import task_named
+
+    if not a.adapter:
+        if not (a.model and a.task):
+            tasks = " or ".join(_base_tasks())
+            raise ValueError(f"without --adapter, give --model and --task ({tasks}) to use the base model")
+        info: dict[str, Any] = {"task": a.task, "labels": None, "model": a.model, "max_length": 256}
+    else:
+        info = read_task(Path(a.adapter[0]))
+    model, tok = task_named(info["task"]).load_model(resolve_model(a.model or info["model"]), info.get("labels"))
+    setups = [load_folder(model, folder, activate=False) for folder in a.adapter or []]
+    if a.setup:
+        set_active(model, parse(a.setup))
+    elif setups:
+        set_active(model, setups if len(setups) > 1 else setups[0])
+    model.eval()
+    return model, tok, info
+
+
+def examples_from_args(a: argparse.Namespace, task: str) -> list[Any]:
+    """The examples of ``--data`` / ``--split`` (a file's rows all count unless a split is asked for)."""
+    from ..training.data.builtin import BUILTIN_DATASETS
+    from ..training.data.datasets import load_dataset, read_file
+
+    split = a.split or ("test" if a.data in BUILTIN_DATASETS else "all")
+    columns = {"text_column": a.text_column, "label_column": a.label_column, "target_column": a.target_column}
+    if split == "all":  # a held-out file: every row counts, no train split needed
+        examples = read_file(a.data, task, **columns).examples[: a.limit]
+    else:
+        examples = load_dataset(a.data, task, limit=a.limit, **columns).split(split)
+    if not examples:
+        raise ValueError(f"{a.data}: no examples in split {split!r}")
+    return examples
