@@ -26,6 +26,7 @@ from .methods.fusion import (
 )
 from .formats.fusion import load_fusion, save_fusion
 from .formats.native import fingerprint, load_adapter, save_adapter
+from .formats.pretrained import load_pretrained, save_pretrained
 from .core.model import (
     DEFAULT_HEADS,
     ParamSummary,
@@ -85,10 +86,12 @@ __all__ = [
     "list_fusions",
     "load_adapter",
     "load_fusion",
+    "load_pretrained",
     "parse_layers",
     "plan",
     "save_adapter",
     "save_fusion",
+    "save_pretrained",
     "set_active",
     "set_adapter_drop",
     "set_base_dropout",
