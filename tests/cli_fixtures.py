@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
+import socket
 from pathlib import Path
 
 import torch
@@ -80,4 +82,31 @@ def make_qa_jsonl(path: Path, n: int = 40) -> Path:
         for i in range(n):
             a, b = i % 5, (i // 5) % 5
             f.write(json.dumps({"question": f"question : {a} plus {b} ?", "answer": str(a + b)}) + "\n")
+    return path
+
+
+def run_env() -> dict[str, str]:
+    """The environment for a CLI subprocess: not a torchrun rank, one thread (the same float sums every run)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"  # the same thread count in every run: the same float sums
+    return env
+
+
+def free_port() -> int:
+    """A TCP port free right now on 127.0.0.1 (for a torchrun rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def split_csv(path: Path) -> Path:
+    """48 train rows (6 full batches of 8), 8 validation, 8 test: fixed by a split column."""
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label", "split"])
+        for i in range(64):
+            label = "pos" if i % 2 else "neg"
+            word = (POSITIVE if label == "pos" else NEGATIVE)[i % 6]
+            split = "train" if i < 48 else "validation" if i < 56 else "test"
+            w.writerow([f"the film was {word} {i % 7}", label, split])
     return path

@@ -15,17 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .cli_fixtures import make_model_dir, make_sentiment_csv
+from .cli_fixtures import make_model_dir, make_sentiment_csv, run_env
 
 
 def cli(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "adaptune.cli", *args]
-
-
-def run_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"  # the same thread count in every run: the same float sums
-    return env
 
 
 @pytest.mark.slow

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,26 +14,7 @@ from safetensors.torch import load_file
 
 from adaptune.cli import main
 
-from .cli_fixtures import NEGATIVE, POSITIVE, make_model_dir
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def split_csv(path: Path) -> Path:
-    """48 train rows (6 full batches of 8), 8 validation, 8 test: fixed by a split column."""
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label", "split"])
-        for i in range(64):
-            label = "pos" if i % 2 else "neg"
-            word = (POSITIVE if label == "pos" else NEGATIVE)[i % 6]
-            split = "train" if i < 48 else "validation" if i < 56 else "test"
-            w.writerow([f"the film was {word} {i % 7}", label, split])
-    return path
+from .cli_fixtures import free_port, make_model_dir, split_csv
 
 
 def torchrun(

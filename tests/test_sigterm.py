@@ -15,9 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .cli_fixtures import make_model_dir, make_sentiment_csv
-from .test_crash import run_env
-from .test_distributed import free_port, split_csv
+from .cli_fixtures import free_port, make_model_dir, make_sentiment_csv, run_env, split_csv
 
 
 def train_args(model: Path, data: Path, steps: int) -> list[str]:
