@@ -45,3 +45,26 @@ def test_unique_name_prefers_the_saved_name_then_the_run_folder(tmp_path: Path, 
     # the default name "adapter" says nothing: the run folder names it; a taken name gets a number
     assert unique_name(model, folder(tmp_path, "sst/adapter", {CONFIG_FILE: {"name": "adapter"}})) == "sst_2"
     assert unique_name(model, folder(tmp_path, "2024-run", {})) == "a_2024_run"
+
+
+@pytest.mark.parametrize(
+    ("files", "loader"),
+    [
+        ({FUSION_CONFIG: {}}, "adaptune.formats.fusion.load_fusion"),
+        ({HUB_FUSION_CONFIG: {}}, "adaptune.formats.fusion.load_fusion"),  # after its adapters were loaded
+        ({HUB_SETUP: {}}, "adaptune.formats.adapterhub.load_adapterhub_setup"),
+        ({CONFIG_FILE: {"name": "lang"}}, "adaptune.formats.native.load_adapter"),
+    ],
+)
+def test_load_folder_routes_each_kind(tmp_path: Path, monkeypatch, files: dict[str, object], loader: str) -> None:
+    import adaptune.core.model as core_model
+    from adaptune.formats.detect import load_folder
+
+    monkeypatch.setattr(core_model, "list_adapters", lambda model: [])
+    calls: list[tuple[object, ...]] = []
+    monkeypatch.setattr(loader, lambda *a, **kw: calls.append((*a[1:], kw)) or "loaded")
+    src = folder(tmp_path, "f", files)
+    assert load_folder(nn.Linear(1, 1), src) == "loaded"
+    assert calls and calls[0][0] == src and calls[0][-1]["activate"] is False
+    if loader.endswith("load_adapter"):
+        assert calls[0][-1]["name"] == "lang"

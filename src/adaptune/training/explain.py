@@ -27,6 +27,9 @@ from .tasks.classification import tokenize_texts
 
 __all__ = ["collect", "explain"]
 
+Images = dict[str, Path]
+Tables = dict[str, list[dict[str, Any]]]
+
 
 class _Acc:
     """Masked running means keyed by (layer, name), optionally split by class."""
@@ -146,7 +149,7 @@ def explain(
         batch_size: examples per forward.
         max_length: truncation length.
     """
-    from .report import plot_heatmap, write_report
+    from .report import write_report
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,43 +160,13 @@ def explain(
         enc = tokenize_texts(tok, [e.text for e in chunk], max_length)
         batches.append(({k: v.to(device) for k, v in enc.items()}, [e.label for e in chunk]))
     stats = collect(model, batches)
-    images: dict[str, Path] = {}
-    tables: dict[str, list[dict[str, Any]]] = {}
+    images: Images = {}
+    tables: Tables = {}
     for kind, title in (("contribution", "||s·f(h)|| / ||h||"), ("gate", "mean gate value")):
-        data = stats[kind]
-        if not data:
-            continue
-        layers = sorted({k[0] for k in data})
-        names = sorted({k[1] for k in data})
-        matrix = [[float(data.get((layer, n), torch.tensor(float("nan")))) for n in names] for layer in layers]
-        rows = [f"layer {x}" for x in layers]
-        images[f"{kind} per layer"] = plot_heatmap(
-            matrix, out / f"{kind}.png", row_labels=rows, col_labels=names, title=title, fmt=".3f"
-        )
-        tables[kind] = [
-            {"layer": layer, **dict(zip(names, row, strict=True))} for layer, row in zip(layers, matrix, strict=True)
-        ]
+        if stats[kind]:
+            _layer_plot(stats[kind], kind, title, out, images, tables)
     if stats["fusion"]:
-        groups = sorted({k[1] for k in stats["fusion"]}, key=lambda g: (g != "all", str(g)))
-        layers = sorted({k[0] for k in stats["fusion"]})
-        cols = list(fused) or [f"adapter {i}" for i in range(len(next(iter(stats["fusion"].values()))))]
-        for group in groups:
-            matrix = [
-                stats["fusion"][(layer, group)].tolist() for layer in layers if (layer, group) in stats["fusion"]
-            ]
-            tag = "mean" if group == "all" else f"class {group}"
-            path = out / ("fusion_attention.png" if group == "all" else f"fusion_attention_{group}.png")
-            images[f"fusion attention ({tag})"] = plot_heatmap(
-                matrix,
-                path,
-                row_labels=[f"layer {x}" for x in layers],
-                col_labels=cols,
-                title=f"fusion attention, {tag}",
-            )
-            tables[f"fusion attention ({tag})"] = [
-                {"layer": layer, **dict(zip(cols, row, strict=True))}
-                for layer, row in zip(layers, matrix, strict=True)
-            ]
+        _fusion_plots(stats["fusion"], fused, out, images, tables)
     metrics = {"examples": len(examples), "plots": len(images)}
     return write_report(
         out,
@@ -203,3 +176,46 @@ def explain(
         tables=tables,
         images=images,
     )
+
+
+def _layer_plot(
+    data: dict[tuple[Any, ...], torch.Tensor], kind: str, title: str, out: Path, images: Images, tables: Tables
+) -> None:
+    """A layer x adapter heatmap (and table) of one statistic."""
+    from .report import plot_heatmap
+
+    layers = sorted({k[0] for k in data})
+    names = sorted({k[1] for k in data})
+    matrix = [[float(data.get((layer, n), torch.tensor(float("nan")))) for n in names] for layer in layers]
+    rows = [f"layer {x}" for x in layers]
+    images[f"{kind} per layer"] = plot_heatmap(
+        matrix, out / f"{kind}.png", row_labels=rows, col_labels=names, title=title, fmt=".3f"
+    )
+    tables[kind] = [
+        {"layer": layer, **dict(zip(names, row, strict=True))} for layer, row in zip(layers, matrix, strict=True)
+    ]
+
+
+def _fusion_plots(
+    fusion: dict[tuple[Any, ...], torch.Tensor], fused: Sequence[str], out: Path, images: Images, tables: Tables
+) -> None:
+    """Fusion attention heatmaps: the mean over all tokens, then one per gold class."""
+    from .report import plot_heatmap
+
+    groups = sorted({k[1] for k in fusion}, key=lambda g: (g != "all", str(g)))
+    layers = sorted({k[0] for k in fusion})
+    cols = list(fused) or [f"adapter {i}" for i in range(len(next(iter(fusion.values()))))]
+    for group in groups:
+        matrix = [fusion[(layer, group)].tolist() for layer in layers if (layer, group) in fusion]
+        tag = "mean" if group == "all" else f"class {group}"
+        path = out / ("fusion_attention.png" if group == "all" else f"fusion_attention_{group}.png")
+        images[f"fusion attention ({tag})"] = plot_heatmap(
+            matrix,
+            path,
+            row_labels=[f"layer {x}" for x in layers],
+            col_labels=cols,
+            title=f"fusion attention, {tag}",
+        )
+        tables[f"fusion attention ({tag})"] = [
+            {"layer": layer, **dict(zip(cols, row, strict=True))} for layer, row in zip(layers, matrix, strict=True)
+        ]
