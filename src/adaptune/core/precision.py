@@ -18,9 +18,11 @@ Decisions (measured in docs/results/precision_probe.md):
   fp32) and fp16 training needs loss scaling; bf16 has fp32's range and needs none. On CUDA fp16 is allowed and
   ``Precision.needs_grad_scaler`` is True.
 - An explicit ``bf16`` on a CPU without native bf16 is honoured (it runs, slowly) and the reason says so.
-- Compute runs under ``torch.autocast``: it handles every mixed-dtype boundary (a fp32 head after a bf16 pooler,
-  a fp32 norm weight before a bf16 Linear) for any architecture; ``add_input_casts`` is the explicit alternative
-  the probe compared it with.
+- Two ways to compute with a bf16 base, measured equal-or-better for the explicit one on MiniLM adapter training:
+  explicit casts (no autocast: the base runs natively in bf16, ``Bottleneck``/``Fusion`` cast to their own fp32
+  dtype and back, ``add_input_casts`` makes heads cast their inputs) and ``autocast`` (handles any mixed-dtype
+  boundary, e.g. a fp32 norm weight before a bf16 Linear, so it is the robust fallback). Full fine-tuning uses
+  fp32 weights + ``autocast``.
 - Buffers are never cast: they are tiny, and some must stay fp32 (rotary ``inv_freq``).
 
 Pure torch; no Transformers imports.
