@@ -46,7 +46,7 @@ def test_registry_names_metrics_and_refusals() -> None:
     # The file readers turn rows into examples per task (columns they need): they must know every task.
     from adaptune.training.data.datasets import TASKS as READABLE
 
-    assert READABLE == task_names()
+    assert task_names() == READABLE
     with pytest.raises(ValueError, match="classification, qa, causal-lm"):
         task_named("ner")
     with pytest.raises(ValueError, match="already registered"):

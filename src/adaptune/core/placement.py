@@ -1,6 +1,6 @@
 """Where adapters go: find transformer blocks and the sublayer outputs to adapt, from the model's structure.
 
-Search order (DESIGN.md, principle 3):
+Search order (the README's "How placement works" says the same for users):
 
 1. ``MethodConfig.target_modules`` — explicit patterns from the user (exact name, ``.suffix`` or regex);
 2. the structural rule — blocks are the items of the outermost ``nn.ModuleList`` whose items share one class

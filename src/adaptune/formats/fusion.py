@@ -21,15 +21,8 @@ from ..util import atomic_dir_write
 from ..version import __version__
 from .adapterhub import is_adapterhub_fusion_folder, load_adapterhub_fusion
 from .names import FUSION_CONFIG, FUSION_WEIGHTS, HEAD_FILE, HUB_FUSION_CONFIG
-from .native import (
-    copy_checked_tensor,
-    copy_head,
-    fingerprint,
-    load_adapter,
-    module_tensors,
-    read_tensors,
-    save_adapter,
-)
+from .native import fingerprint, load_adapter, save_adapter
+from .tensors import copy_checked_tensor, copy_head, module_tensors, read_tensors
 
 __all__ = ["FUSION_CONFIG", "FUSION_WEIGHTS", "load_fusion", "save_fusion"]
 

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ..core.config import MethodConfig
@@ -37,7 +35,9 @@ from ..core.model import (
 from ..core.placement import find_blocks, find_targets
 from ..util import atomic_dir_write
 from ..version import __version__
+from .adapterhub import is_adapterhub_folder, load_adapterhub, load_adapterhub_head, save_adapterhub
 from .names import CONFIG_FILE, HEAD_FILE, WEIGHTS_FILE
+from .tensors import copy_checked_tensor, copy_head, module_tensors, read_tensors
 
 __all__ = [
     "CONFIG_FILE",
@@ -67,11 +67,6 @@ def fingerprint(model: nn.Module, targets: list[str]) -> dict[str, Any]:
     }
 
 
-def module_tensors(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-    """``<path>.<key>`` -> a contiguous CPU copy of each module's state, ready for ``save_file``."""
-    return {f"{p}.{k}": v.detach().contiguous().cpu() for p, m in modules.items() for k, v in m.state_dict().items()}
-
-
 def save_adapter(
     model: nn.Module,
     name: str,
@@ -93,8 +88,6 @@ def save_adapter(
         The folder path.
     """
     if format == "adapterhub":
-        from .adapterhub import save_adapterhub
-
         return save_adapterhub(model, name, out_dir)
     if format != "adaptune":
         raise ValueError(f"save_adapter format={format!r}: expected 'adaptune' or 'adapterhub'")
@@ -149,15 +142,6 @@ def _read_config(meta: dict[str, Any], cfg: Path) -> MethodConfig:
     if config.get("method", method) != method:
         raise ValueError(f"{cfg}: field 'method' is {method!r} but 'config.method' is {config['method']!r}")
     return config_from_dict({**config, "method": method}, source=str(cfg))
-
-
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{path}: unreadable or corrupt safetensors file ({err})") from None
 
 
 def _check_base(model: nn.Module, config: MethodConfig, saved: dict[str, Any], source: Path) -> tuple[str, str]:
@@ -227,8 +211,6 @@ def load_adapter(
         FileNotFoundError: a file is missing. ValueError: bad JSON, a different base, wrong shapes or keys.
     """
     src = Path(folder)
-    from .adapterhub import is_adapterhub_folder, load_adapterhub, load_adapterhub_head
-
     if is_adapterhub_folder(src):  # saved by AdapterHub's `adapters`: convert on the fly
         name = load_adapterhub(model, src, name, activate=activate)
         if load_head and (src / "head_config.json").is_file():
@@ -276,33 +258,3 @@ def _copy_into(model: nn.Module, name: str, saved_name: str, tensors: dict[str, 
     with torch.no_grad():
         for key, target in expected.items():
             copy_checked_tensor(target, tensors[key], key, src)
-
-
-def copy_checked_tensor(target: torch.Tensor, value: torch.Tensor, key: str, src: Path) -> None:
-    if tuple(value.shape) != tuple(target.shape):
-        raise ValueError(f"{src}: tensor {key} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
-    if not value.is_floating_point():
-        raise ValueError(f"{src}: tensor {key} has dtype {value.dtype}, expected a floating-point dtype")
-    if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{src}: tensor {key} holds NaN or infinite values")
-    target.copy_(value.to(dtype=target.dtype, device=target.device))
-
-
-def copy_head(model: nn.Module, tensors: dict[str, torch.Tensor], src: Path) -> None:
-    state = {k: v for k, v in model.state_dict(keep_vars=True).items()}
-    unknown = sorted(k for k in tensors if k not in state)
-    if unknown:
-        # A model without that head (a bare BertModel, another task class) still takes the adapter.
-        warnings.warn(
-            f"{src}: {type(model).__name__} has no place for head tensors {unknown[:3]}; head not loaded", stacklevel=3
-        )
-        tensors = {k: v for k, v in tensors.items() if k in state}
-    for key, value in tensors.items():
-        if tuple(value.shape) != tuple(state[key].shape):
-            raise ValueError(
-                f"{src}: head tensor {key} has shape {tuple(value.shape)}, the model's has "
-                f"{tuple(state[key].shape)} (was the head trained with a different number of labels?)"
-            )
-    with torch.no_grad():
-        for key, value in tensors.items():
-            copy_checked_tensor(state[key], value, key, src)

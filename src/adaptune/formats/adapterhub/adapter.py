@@ -27,7 +27,7 @@ from ...core.model import adapter_modules, add_adapter, delete_adapter, set_acti
 from ...core.placement import find_blocks
 from ...methods.bottleneck import AdapterConfig
 from ..names import HUB_CONFIG, HUB_HEAD_CONFIG
-from ..native import copy_checked_tensor
+from ..tensors import copy_checked_tensor
 
 __all__ = [
     "hub_location",

@@ -11,6 +11,7 @@ from torch import nn
 
 from ...core.model import adapter_config, adapter_modules, adapter_targets
 from ...core.placement import find_blocks
+from ...methods.bottleneck import AdapterConfig
 from ...util import atomic_dir_write
 from ..names import HUB_CONFIG
 from .adapter import layer_of
@@ -26,6 +27,10 @@ def save_adapterhub(model: nn.Module, name: str, out_dir: str | Path) -> Path:
     without a gate, on the BERT family. Anything else raises ``ValueError`` naming what cannot be expressed.
     """
     cfg = adapter_config(model, name)
+    if not isinstance(cfg, AdapterConfig):
+        raise ValueError(
+            f"adapter {name!r}: method {cfg.method!r} has no AdapterHub export (bottleneck adapters only)"
+        )
     if cfg.gate or cfg.target_modules:
         raise ValueError(f"adapter {name!r}: gate / target_modules have no AdapterHub equivalent")
     kinds = {

@@ -3,9 +3,9 @@
 A fusion folder (``save_adapter_fusion``, or the ``a,b`` sub-folder of ``save_adapter_setup``) holds
 ``adapter_fusion_config.json`` and ``pytorch_model_adapter_fusion.bin`` or ``adapter_fusion.safetensors``, with keys
 like ``bert.encoder.layer.0.output.adapter_fusion_layer.a,b.query.weight``. Their "dynamic" and "static" presets
-compute what adaptune's ``Fusion`` computes (DESIGN.md, "Reference numerics"); settings that change the math
-(``temperature``, ``query_before_ln``, ``residual_before``, ...) are refused with the file and field named.
-One reader, ``load_adapterhub_fusion``, serves both ``adaptune.load_fusion`` and ``load_adapterhub_setup``.
+compute what adaptune's ``Fusion`` computes (formulas in ``tests/fixtures/adapterhub/README.md``); settings
+that change the math (``temperature``, ``query_before_ln``, ``residual_before``, ...) are refused with the file
+and field named. One reader, ``load_adapterhub_fusion``, serves both ``adaptune.load_fusion`` and ``load_adapterhub_setup``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ...core.model import adapter_config, list_adapters, set_active
 from ...core.placement import find_targets
 from ...methods.fusion import add_fusion, delete_fusion, fusion_modules
 from ..names import HUB_FUSION_CONFIG, HUB_HEAD_CONFIG, HUB_SETUP
-from ..native import copy_checked_tensor
+from ..tensors import copy_checked_tensor
 from .adapter import hub_location, layer_of, load_adapterhub, load_adapterhub_head, read_hub_json, read_hub_weights
 
 __all__ = ["is_adapterhub_fusion_folder", "load_adapterhub_fusion", "load_adapterhub_setup"]

