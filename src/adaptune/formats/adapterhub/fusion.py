@@ -5,7 +5,8 @@ A fusion folder (``save_adapter_fusion``, or the ``a,b`` sub-folder of ``save_ad
 like ``bert.encoder.layer.0.output.adapter_fusion_layer.a,b.query.weight``. Their "dynamic" and "static" presets
 compute what adaptune's ``Fusion`` computes (formulas in ``tests/fixtures/adapterhub/README.md``); settings
 that change the math (``temperature``, ``query_before_ln``, ``residual_before``, ...) are refused with the file
-and field named. One reader, ``load_adapterhub_fusion``, serves both ``adaptune.load_fusion`` and ``load_adapterhub_setup``.
+and field named. One reader, ``load_adapterhub_fusion``, serves both ``adaptune.load_fusion`` and
+``load_adapterhub_setup``.
 """
 
 from __future__ import annotations
