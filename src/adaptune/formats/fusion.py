@@ -102,17 +102,7 @@ def load_fusion(model: nn.Module, folder: str | os.PathLike[str], *, activate: b
             static=meta.get("static", False),
             activate=False,
         )
-        tensors = read_tensors(src / FUSION_WEIGHTS)
-        state = {
-            f"{p}.{k}": v
-            for p, m in fusion_modules(model, name).items()
-            for k, v in m.state_dict(keep_vars=True).items()
-        }
-        if set(state) != set(tensors):
-            raise ValueError(f"{src / FUSION_WEIGHTS}: keys do not match the fusion's layers in this model")
-        with torch.no_grad():
-            for key, value in tensors.items():
-                copy_checked_tensor(state[key], value, key, src / FUSION_WEIGHTS)
+        _copy_fusion_weights(model, name, src / FUSION_WEIGHTS)
     except Exception:
         # All or nothing: never leave a half-loaded fusion or its freshly loaded adapters behind.
         if fuse is not None:
@@ -125,3 +115,16 @@ def load_fusion(model: nn.Module, folder: str | os.PathLike[str], *, activate: b
     if activate:
         set_active(model, fuse)
     return fuse
+
+
+def _copy_fusion_weights(model: nn.Module, name: str, path: Path) -> None:
+    """Copy the saved fusion tensors into the fusion's layers; the key sets must match exactly."""
+    tensors = read_tensors(path)
+    state = {
+        f"{p}.{k}": v for p, m in fusion_modules(model, name).items() for k, v in m.state_dict(keep_vars=True).items()
+    }
+    if set(state) != set(tensors):
+        raise ValueError(f"{path}: keys do not match the fusion's layers in this model")
+    with torch.no_grad():
+        for key, value in tensors.items():
+            copy_checked_tensor(state[key], value, key, path)
