@@ -21,7 +21,7 @@ from .tables import write_outputs
 
 __all__ = ["Options", "jobs", "run_suite"]
 
-SECTIONS = ("train", "infer", "memory", "direct", "decoder")
+SECTIONS = ("train", "infer", "memory", "direct", "decoder", "bf16")
 OURS_TRAIN = ["pfeiffer", "houlsby", "parallel", "pfeiffer_top_half", "fusion3"]
 NODROP = ["pfeiffer+nodrop", "houlsby+nodrop", "pfeiffer_top_half+nodrop", "fusion3+nodrop"]
 AH_TRAIN = ["ah_seq_bn", "ah_double_seq_bn", "ah_par_bn", "ah_fusion3"]
@@ -87,11 +87,32 @@ def jobs(o: Options) -> list[dict[str, Any]]:
         out += [_job("memory", c, None, *mini, o) for c in configs]
         out += [_job("memory", "full", None, *mini, o, ah=True)]
         out += [_job("memory", c, None, *mini, o) for c in AH_TRAIN]
+    if "bf16" in o.sections:
+        out += _bf16_jobs(o)
     if "decoder" in o.sections:
         smol = ("smollm2", 4, 128)
         out += [_job("train", c, "full", *smol, o) for c in ("pfeiffer", "pfeiffer_top_half", "peft_lora")]
         out += [_job("infer", c, "base", *smol, o) for c in ("pfeiffer", "peft_lora")]
         out += [_job("memory", c, None, *smol, o) for c in ("full", "pfeiffer", "peft_lora")]
+    return out
+
+
+def _bf16_jobs(o: Options) -> list[dict[str, Any]]:
+    """The precision policy's rows (issue 11): bf16 against fp32 and against bf16, ours and the other libraries'."""
+    mini, smol = ("minilm", 16, 128), ("smollm2", 4, 128)
+    pf, nd = "pfeiffer@bf16", "pfeiffer+nodrop@bf16"
+    train = [(pf, "full"), (nd, "full"), ("full@bf16", "full"), (pf, "full@bf16"), (nd, "full@bf16")]
+    train += [("fusion3@bf16", "full@bf16"), ("peft_lora@bf16", "full@bf16"), (pf, "peft_lora@bf16")]
+    train += [(pf, "ah_seq_bn@bf16"), (nd, "ah_seq_bn@bf16")]
+    out = [_job("train", c, r, *mini, o) for c, r in train]
+    infer = [("base@bf16", "base"), (pf, "base"), (pf, "base@bf16"), ("fusion3@bf16", "base@bf16")]
+    infer += [("peft_lora@bf16", "base@bf16"), ("mixed8@bf16", "pfeiffer@bf16")]
+    out += [_job("infer", c, r, *mini, o) for c, r in infer]
+    out += [_job("memory", c, None, *mini, o) for c in (pf, nd, "full@bf16")]
+    out += [_job("train", c, r, *smol, o) for c, r in ((pf, "full"), (pf, "full@bf16"), (pf, "peft_lora@bf16"))]
+    out += [
+        _job("infer", c, r, *smol, o) for c, r in ((pf, "base"), (pf, "base@bf16"), ("peft_lora@bf16", "base@bf16"))
+    ]
     return out
 
 

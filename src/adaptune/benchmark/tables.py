@@ -24,6 +24,17 @@ TARGETS = [
     ("inference, houlsby vs base", "infer", "houlsby", "base", "minilm", 16, 1.05),
     ("inference, fusion of 3 vs base", "infer", "fusion3", "base", "minilm", 16, 1.15),
     ("inference, mixed batch of 8 adapters vs one adapter", "infer", "mixed8", "pfeiffer", "minilm", 8, 1.15),
+    # issue 11, the precision policy (bf16 rows: `--only bf16`)
+    ("bf16: pfeiffer training step vs fp32 full FT", "train", "pfeiffer@bf16", "full", "minilm", 16, 0.30),
+    ("bf16: pfeiffer vs bf16-autocast full FT", "train", "pfeiffer@bf16", "full@bf16", "minilm", 16, 0.70),
+    ("bf16: pfeiffer, base dropout off, vs fp32 full FT", "train", "pfeiffer+nodrop@bf16", "full", "minilm", 16, 0.22),
+    ("bf16: pfeiffer vs peft LoRA (both bf16)", "train", "pfeiffer@bf16", "peft_lora@bf16", "minilm", 16, 0.85),
+    ("bf16: pfeiffer vs adapters seq_bn (both bf16)", "train", "pfeiffer@bf16", "ah_seq_bn@bf16", "minilm", 16, 0.85),
+    ("bf16: fusion of 3 training vs bf16 full FT", "train", "fusion3@bf16", "full@bf16", "minilm", 16, 0.60),
+    ("bf16: pfeiffer peak training RSS vs fp32 full FT", "memory", "pfeiffer@bf16", "full", "minilm", 16, 0.45),
+    ("bf16: inference, pfeiffer vs fp32 base", "infer", "pfeiffer@bf16", "base", "minilm", 16, 0.40),
+    ("bf16: inference, pfeiffer vs bf16 base", "infer", "pfeiffer@bf16", "base@bf16", "minilm", 16, 1.02),
+    ("bf16: inference, fusion of 3 vs bf16 base", "infer", "fusion3@bf16", "base@bf16", "minilm", 16, 1.15),
 ]
 
 

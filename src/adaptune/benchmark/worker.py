@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .workloads import batch, build, infer_step, saved_bytes, train_step
+from .workloads import batch, build, infer_step, precision_of, saved_bytes, train_step
 
 
 def _rss_mb() -> float:
@@ -39,13 +39,14 @@ def paired(job: dict[str, Any]) -> dict[str, Any]:
     model, bs, length = job["model"], job["batch"], job["length"]
     train = job["kind"] == "train"
     ref, cand = build(job["ref"], model, bs), build(job["cand"], model, bs)
+    pa, pb = precision_of(job["ref"]), precision_of(job["cand"])
     inputs = batch(model, bs, length, labels=train)
     if train:
         opts = [_optimizer(ref), _optimizer(cand)]
-        steps = [lambda: train_step(ref, opts[0], inputs), lambda: train_step(cand, opts[1], inputs)]
+        steps = [lambda: train_step(ref, opts[0], inputs, pa), lambda: train_step(cand, opts[1], inputs, pb)]
     else:
         ref.eval(), cand.eval()
-        steps = [lambda: infer_step(ref, inputs), lambda: infer_step(cand, inputs)]
+        steps = [lambda: infer_step(ref, inputs, pa), lambda: infer_step(cand, inputs, pb)]
     for _ in range(job["warmup"]):
         steps[0](), steps[1]()
     a_times, b_times = [], []
@@ -69,7 +70,7 @@ def memory(job: dict[str, Any]) -> dict[str, Any]:
     opt = _optimizer(model)
     inputs = batch(job["model"], job["batch"], job["length"])
     for _ in range(3):
-        train_step(model, opt, inputs)
+        train_step(model, opt, inputs, precision_of(job["cand"]))
     peak = _rss_mb()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

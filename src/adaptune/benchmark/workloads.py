@@ -4,7 +4,11 @@ AdapterHub ``adapters`` (the last two imported only when asked for, in whichever
 A configuration is a string: ``full``, ``base`` (untouched model, inference), an adaptune preset
 (``pfeiffer``, ``houlsby``, ``parallel``, ``pfeiffer_top_half``, ``fusion3``, ``mixed8``), ``peft_lora``,
 ``peft_lora_merged``, or an AdapterHub one (``ah_seq_bn``, ``ah_double_seq_bn``, ``ah_par_bn``,
-``ah_fusion3``, ``ah_init``). A ``+nodrop`` suffix trains adaptune configurations with base dropout off.
+``ah_fusion3``, ``ah_init``). A ``+nodrop`` suffix trains adaptune configurations with base dropout off. An ``@bf16``
+suffix runs the configuration under the precision policy: the forward under bf16 autocast, and, where a base is
+frozen (adapters of any library, LoRA, inference), that base stored in bf16 with the trained tensors in fp32 —
+the same treatment for adaptune, ``peft`` and AdapterHub, whose users can do the same. ``full@bf16`` is standard
+mixed precision (fp32 weights, autocast).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "batch", "build", "infer_step", "saved_bytes", "train_step"]
+__all__ = ["MODELS", "batch", "build", "infer_step", "precision_of", "saved_bytes", "train_step"]
 
 # model name -> (loader kind, default batch, default length)
 MODELS = {"minilm": ("classification", 16, 128), "smollm2": ("causal-lm", 4, 128), "tiny": ("classification", 2, 8)}
@@ -112,8 +116,26 @@ def _adapterhub(model: nn.Module, config: str) -> nn.Module:
     return model
 
 
+def precision_of(config: str) -> Any:
+    """The ``adaptune.core.precision.Precision`` of a configuration (``@bf16`` suffix), or fp32."""
+    from adaptune.core.precision import resolve_precision
+
+    return resolve_precision(config.partition("@")[2] or "fp32", "cpu")
+
+
 def build(config: str, model_name: str, bs: int) -> nn.Module:
     """The model set up for ``config``, in train mode (callers switch to eval for inference)."""
+    config, _, precision = config.partition("@")
+    model = _build(config, model_name, bs)
+    if precision:
+        from adaptune.core.precision import apply_precision
+
+        # Full fine-tuning keeps fp32 weights; everything else stores what does not train in bf16.
+        apply_precision(model, precision_of(f"x@{precision}"), frozen_base=config != "full")
+    return model
+
+
+def _build(config: str, model_name: str, bs: int) -> nn.Module:
     model = _load(model_name)
     if config in ("full", "base"):
         model.requires_grad_(config == "full")
@@ -138,20 +160,35 @@ def batch(model_name: str, bs: int, length: int, labels: bool = True) -> dict[st
     return out
 
 
-def train_step(model: nn.Module, opt: torch.optim.Optimizer, inputs: dict[str, torch.Tensor]) -> float:
-    """Seconds for forward + backward + AdamW step."""
+def train_step(
+    model: nn.Module, opt: torch.optim.Optimizer, inputs: dict[str, torch.Tensor], precision: Any = None
+) -> float:
+    """Seconds for forward (under ``precision``'s autocast) + backward + AdamW step."""
     t0 = time.perf_counter()
-    model(**inputs).loss.backward()
+    with _autocast(precision):
+        loss = model(**inputs).loss.float()
+    loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
     return time.perf_counter() - t0
 
 
+def _autocast(precision: Any) -> Any:
+    import contextlib
+
+    if precision is None:
+        return contextlib.nullcontext()
+    from adaptune.core.precision import autocast
+
+    return autocast(precision, "cpu")
+
+
 @torch.no_grad()
-def infer_step(model: nn.Module, inputs: dict[str, torch.Tensor]) -> float:
-    """Seconds for one forward pass (eval mode, no grad)."""
+def infer_step(model: nn.Module, inputs: dict[str, torch.Tensor], precision: Any = None) -> float:
+    """Seconds for one forward pass (eval mode, no grad, under ``precision``'s autocast)."""
     t0 = time.perf_counter()
-    model(**inputs)
+    with _autocast(precision):
+        model(**inputs)
     return time.perf_counter() - t0
 
 
@@ -160,6 +197,7 @@ def saved_bytes(model: nn.Module, config: str, folder: Any) -> int:
     from pathlib import Path
 
     folder = Path(folder)
+    config = config.partition("@")[0]
     if config == "full" or config.startswith("peft_"):
         model.save_pretrained(folder)
     elif config.startswith("ah_"):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import PLACEMENTS
+from ..core.precision import PRECISIONS
 from ..formats.names import TASK_FILE
 from ..methods.bottleneck import ACTIVATIONS, AdapterConfig
 from ..training.config import RunConfig
@@ -82,6 +83,12 @@ def add_setup_options(p: argparse.ArgumentParser, required: bool = False) -> Non
     p.add_argument("--setup", help="composition of the loaded adapters, e.g. 'Stack(lang, task)' or 'Average(a, b)'")
     p.add_argument("--model", help="default: the model the (first) adapter was trained on")
     p.add_argument("--task", choices=_base_tasks(), help="task of the base model (without --adapter)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bf16 where the hardware runs it natively (else fp32); the whole model is stored in it",
+    )
 
 
 def _base_tasks() -> tuple[str, ...]:
@@ -122,7 +129,23 @@ def load_adapted(a: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     elif setups:
         set_active(model, setups if len(setups) > 1 else setups[0])
     model.eval()
+    info["precision"] = _inference_precision(model, a.precision)
     return model, tok, info
+
+
+def _inference_precision(model: Any, requested: str) -> Any:
+    """Store the whole model (adapters and head too: nothing trains) in the resolved precision; the caller runs
+    the forward under ``core.precision.autocast`` with it."""
+    import sys
+
+    from ..core.precision import apply_precision, resolve_precision
+
+    device = next(model.parameters()).device
+    precision = resolve_precision(requested, device)
+    model.requires_grad_(False)
+    apply_precision(model, precision)
+    print(f"adaptune: precision: {precision.reason}", file=sys.stderr)
+    return precision
 
 
 def examples_from_args(a: argparse.Namespace, task: str) -> list[Any]:

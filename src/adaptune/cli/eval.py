@@ -28,14 +28,30 @@ def register(sub: Any) -> None:
 
 def run(a: argparse.Namespace) -> int:
     """Print the task's metrics."""
-    from ..training.evaluate import evaluate
     from ..training.tasks import task_named
 
     model, tok, info = load_adapted(a)
     task = task_named(info["task"])
     examples = examples_from_args(a, task.name)
     task.check_examples(examples, info.get("labels"), a.data)
-    metrics = evaluate(
+    from ..core.precision import autocast
+
+    with autocast(info["precision"], next(model.parameters()).device):
+        metrics = _evaluate(a, model, tok, task, examples, info)
+    if a.json:
+        print(json.dumps(metrics))
+    else:
+        for k, v in metrics.items():
+            print(f"{k:>14}  {v:.4f}")
+    return 0
+
+
+def _evaluate(
+    a: argparse.Namespace, model: Any, tok: Any, task: Any, examples: list[Any], info: dict[str, Any]
+) -> Any:
+    from ..training.evaluate import evaluate
+
+    return evaluate(
         task.name,
         model,
         tok,
@@ -47,9 +63,3 @@ def run(a: argparse.Namespace) -> int:
         exec_tests=a.exec_tests,
         max_new_tokens=a.max_new_tokens,
     )
-    if a.json:
-        print(json.dumps(metrics))
-    else:
-        for k, v in metrics.items():
-            print(f"{k:>14}  {v:.4f}")
-    return 0

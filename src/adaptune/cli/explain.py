@@ -33,6 +33,9 @@ def run(a: argparse.Namespace) -> int:
     setup = active_setup(model)
     fused = list(setup.children) if isinstance(setup, Fuse) else []
     max_length = a.max_length or info.get("max_length", 128)
-    report = explain(model, tok, examples, a.out, fused=fused, batch_size=a.batch_size, max_length=max_length)
+    from ..core.precision import autocast
+
+    with autocast(info["precision"], next(model.parameters()).device):
+        report = explain(model, tok, examples, a.out, fused=fused, batch_size=a.batch_size, max_length=max_length)
     print(f"report: {report}")
     return 0

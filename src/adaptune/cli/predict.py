@@ -43,6 +43,10 @@ def run(a: argparse.Namespace) -> int:
         max_length=info.get("max_length", 128),
         max_new_tokens=a.max_new_tokens,
     )
-    for text, pred in zip(texts, task.predict(model, tok, texts, options), strict=True):
+    from ..core.precision import autocast
+
+    with autocast(info["precision"], next(model.parameters()).device):
+        predictions = task.predict(model, tok, texts, options)
+    for text, pred in zip(texts, predictions, strict=True):
         print(json.dumps({"text": text, **pred}, ensure_ascii=False) if a.jsonl else task.show(text, pred))
     return 0

@@ -188,8 +188,8 @@ class Bottleneck(AdapterModule):
                 raise ValueError(f"unknown init {init!r}")
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        """``s·f(x)`` in the adapter's dtype: (..., d_in) -> (..., d_out)."""
-        x = x.to(self.down.weight.dtype)
+        """``s·f(x)`` in the adapter's dtype (or autocast's): (..., d_in) -> (..., d_out)."""
+        x = self._input(x)
         z = self.norm_before(x) if self.norm_before is not None else x
         z = self.act(self.down(z))  # (..., r)
         if self.drop is not None:
@@ -210,10 +210,17 @@ class Bottleneck(AdapterModule):
         if not delta_only and self._plain() and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             # Inference fast path: the scale goes into the residual add (one pass over (..., d), not two). Not when
             # compiling: inductor fuses the two passes itself, and float(scale) would break the graph.
-            z = self.act(self.down(x.to(self.down.weight.dtype)))
+            z = self.act(self.down(self._input(x)))
             return base.add(self.up(z).to(base.dtype), alpha=float(self.scale))
         delta = self.branch(x).to(base.dtype)
         return delta if delta_only else base + delta
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        # Under autocast the matmuls run in its dtype whatever the weights are: casting a bf16 input up to the fp32
+        # weights' dtype would only be cast back down. Outside autocast, compute in the adapter's own dtype.
+        if torch.is_autocast_enabled(x.device.type):
+            return x
+        return x.to(self.down.weight.dtype)
 
     def _plain(self) -> bool:
         """down → act → up → scale, nothing else (no norms, gate, or dropout in effect)."""

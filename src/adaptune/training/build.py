@@ -3,6 +3,7 @@ what is saved at the end (adapter / fusion folder or the full model, plus ``task
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 
 from ..core.base_dropout import set_base_dropout
 from ..core.model import DEFAULT_HEADS, add_adapter, head_modules, train_adapter, trainable_summary
+from ..core.precision import Precision, apply_precision, resolve_precision
 from ..formats.detect import unique_name
 from ..formats.names import TASK_FILE
 from ..formats.native import load_adapter, save_adapter
@@ -19,7 +21,7 @@ from .config import RunConfig
 from .data.datasets import Dataset
 from .tasks import task_named
 
-__all__ = ["build_model", "rebuild_unsharded", "save_result"]
+__all__ = ["build_model", "rebuild_unsharded", "save_result", "set_run_precision"]
 
 
 def build_model(cfg: RunConfig, data: Dataset) -> tuple[torch.nn.Module, Any, Any, Any]:
@@ -50,6 +52,23 @@ def build_model(cfg: RunConfig, data: Dataset) -> tuple[torch.nn.Module, Any, An
     if not cfg.base_dropout:
         set_base_dropout(model, False, heads)
     return model, tok, fuse, summary
+
+
+def set_run_precision(cfg: RunConfig, model: torch.nn.Module, device: torch.device, sharded: bool) -> Precision:
+    """Resolve ``cfg.precision`` for ``device`` and apply it to the model of this run (call after the trainable set is
+    decided and before the optimizer exists): adapter / fusion runs store the frozen base in the low precision and
+    keep every trainable tensor in fp32; full fine-tuning keeps fp32 weights (mixed precision by autocast only)."""
+    precision = resolve_precision(cfg.precision, device)
+    if sharded and precision.is_reduced:
+        # FSDP2 all-gathers a block's parameters in one buffer of one dtype: the frozen base stays fp32 there.
+        precision = dataclasses.replace(
+            precision,
+            storage_dtype=torch.float32,
+            reason=f"{precision.reason}; base kept fp32 under FSDP (one dtype per sharded block)",
+        )
+    adapter_run = cfg.adapter is not None or bool(cfg.fuse_from)
+    apply_precision(model, precision, frozen_base=adapter_run)
+    return precision
 
 
 def rebuild_unsharded(cfg: RunConfig, data: Dataset, trained: dict[str, torch.Tensor]) -> torch.nn.Module:

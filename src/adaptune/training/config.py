@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.precision import PRECISIONS
 from ..methods.bottleneck import AdapterConfig
 from .distributed import STRATEGIES
 from .options import on_off, option, positive_float, positive_int
@@ -64,6 +65,15 @@ class RunConfig:
         metadata=option(
             "under torchrun / accelerate launch: replicate the model (ddp) or shard it (fsdp)",
             choices=STRATEGIES,
+            group=_T,
+        ),
+    )
+    precision: str = field(
+        default="auto",
+        metadata=option(
+            "auto: bf16 where the hardware runs it natively (else fp32). Adapter runs store the frozen base in it; "
+            "adapters, fusion and head keep fp32 weights and optimizer state; compute runs under autocast",
+            choices=PRECISIONS,
             group=_T,
         ),
     )

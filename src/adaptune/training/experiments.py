@@ -33,6 +33,7 @@ COMPARE_OPTIONS = (
     "max_length",
     "limit",
     "seed",
+    "precision",
     "train_modules",
     "text_column",
     "label_column",

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
+from ..core.precision import Precision, autocast
 from ..util import write_json_atomic
-from .build import build_model, rebuild_unsharded, save_result
+from .build import build_model, rebuild_unsharded, save_result, set_run_precision
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RunConfig, RunResult
 from .data.datasets import Dataset, load_dataset
@@ -55,6 +56,7 @@ class Run:
     sched: torch.optim.lr_scheduler.LambdaLR
     total: int  # optimizer steps of the whole run
     batches_per_epoch: int
+    precision: Precision
     step: int = 0
     epoch: int = 0
     cursor: int = 0  # next micro-batch index within the epoch
@@ -128,6 +130,8 @@ def prepare(cfg: RunConfig) -> Run:
     model, tok, fuse, summary = build_model(cfg, data)
     model.to(job.device)
     _log(str(summary))
+    precision = set_run_precision(cfg, model, job.device, sharded=cfg.strategy == "fsdp" and job.world > 1)
+    _log(f"precision: {precision.reason}")
     batches_per_epoch, total = _schedule_length(cfg, job, len(data.train))
     runner = wrap(model, job, cfg.strategy)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -135,7 +139,9 @@ def prepare(cfg: RunConfig) -> Run:
     warmup = int(cfg.warmup_ratio * total)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup))
     encode = task_named(cfg.task).encoder(tok, data.labels, cfg.max_length)
-    run = Run(cfg, job, data, model, runner, tok, fuse, summary, encode, opt, sched, total, batches_per_epoch)
+    run = Run(
+        cfg, job, data, model, runner, tok, fuse, summary, encode, opt, sched, total, batches_per_epoch, precision
+    )
     if cfg.resume:
         _resume(run)
     return run
@@ -186,7 +192,8 @@ def _accumulate(run: Run, perm: list[int]) -> tuple[float, list[int]]:
         idx = perm[run.cursor * cfg.batch_size : (run.cursor + 1) * cfg.batch_size][job.rank :: job.world]
         run.cursor += 1
         batch = {k: v.to(job.device) for k, v in _encode(run, [run.data.train[i] for i in idx]).items()}
-        loss = run.runner(**batch).loss / cfg.grad_accum
+        with autocast(run.precision, job.device):  # the loss itself comes out fp32 (autocast's loss ops)
+            loss = run.runner(**batch).loss.float() / cfg.grad_accum
         loss.backward()
         loss_sum += loss.item()
     return job.mean(loss_sum), perm
@@ -263,7 +270,14 @@ def _validate(run: Run) -> dict[str, float]:
     examples = data.validation[: cfg.eval_limit] if cfg.eval_limit else data.validation
     if not examples:
         return {}
-    m = evaluate(
+    with autocast(run.precision, run.job.device):
+        m = _evaluate_validation(run, examples)
+    return {f"eval_{k}": v for k, v in m.items()}
+
+
+def _evaluate_validation(run: Run, examples: list[Any]) -> dict[str, float]:
+    cfg, data = run.cfg, run.data
+    return evaluate(
         cfg.task,
         run.model,
         run.tok,
@@ -273,7 +287,6 @@ def _validate(run: Run) -> dict[str, float]:
         max_length=cfg.max_length,
         generate=False,
     )
-    return {f"eval_{k}": v for k, v in m.items()}
 
 
 def _peak_rss_mb() -> float:
@@ -292,6 +305,8 @@ def _end_workers(run: Run) -> bool:
         if not run.job.main:
             return True
         run.model = rebuild_unsharded(run.cfg, run.data, trained).to(run.job.device)
+        # the plain rebuild may store the frozen base in the low precision like a one-process run
+        run.precision = set_run_precision(run.cfg, run.model, run.job.device, sharded=False)
     elif not run.job.main:  # rank 0 evaluates and writes; the others are done
         run.job.barrier()
         run.job.close()
@@ -300,9 +315,15 @@ def _end_workers(run: Run) -> bool:
 
 
 def _test_metrics(run: Run) -> dict[str, Any]:
-    cfg, data = run.cfg, run.data
     _log("evaluating on the test split")
-    test = evaluate(
+    with autocast(run.precision, run.job.device):
+        test = _evaluate_test(run)
+    return {f"test_{k}": v for k, v in test.items()}
+
+
+def _evaluate_test(run: Run) -> dict[str, float]:
+    cfg, data = run.cfg, run.data
+    return evaluate(
         cfg.task,
         run.model,
         run.tok,
@@ -313,7 +334,6 @@ def _test_metrics(run: Run) -> dict[str, Any]:
         generate_limit=cfg.generate_limit,
         exec_tests=cfg.exec_tests,
     )
-    return {f"test_{k}": v for k, v in test.items()}
 
 
 def finish(run: Run) -> RunResult:
@@ -335,6 +355,8 @@ def finish(run: Run) -> RunResult:
         "steps": run.step,
         "step_time_s": statistics.median(run.step_times) if run.step_times else None,
         "peak_rss_mb": _peak_rss_mb(),
+        "precision": run.precision.name,
+        "precision_reason": run.precision.reason,
         "train_examples": len(data.train),
         "test_examples": len(data.test),
     }
