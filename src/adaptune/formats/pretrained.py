@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import json
 import os
 import shutil
 import tempfile
@@ -36,7 +35,7 @@ from torch import nn
 from ..core.composition import Block, Fuse, Setup, from_dict, to_dict
 from ..core.model import active_setup, adapter_slots, list_adapters, set_active
 from ..methods.fusion import list_fusions
-from ..util import atomic_dir_write, write_json_atomic
+from ..util import atomic_dir_write, read_json_object, write_json_atomic
 from ..version import __version__
 from .fusion import load_fusion, save_fusion
 from .native import load_adapter, save_adapter
@@ -146,19 +145,6 @@ def _drop(_: Path) -> None:
     return None
 
 
-def read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; a missing file, bad JSON or a non-object raise naming ``path``."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing (is this a folder written by adaptune.save_pretrained?)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
-
-
 def _model_class(folder: Path) -> Any:
     """The Transformers class named first in ``config.json``'s ``architectures``."""
     import transformers
@@ -174,7 +160,7 @@ def _model_class(folder: Path) -> Any:
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
-    manifest = read_json_object(path)
+    manifest = read_json_object(path, "is this a folder written by adaptune.save_pretrained?")
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: field 'format' = {manifest.get('format')!r}, expected {FORMAT!r}")
     adapters, fusions = manifest.get("adapters"), manifest.get("fusions")

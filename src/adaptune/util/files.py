@@ -16,7 +16,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_dir_write", "atomic_write", "cache_dir", "write_json_atomic", "write_text_atomic"]
+__all__ = [
+    "atomic_dir_write",
+    "atomic_write",
+    "cache_dir",
+    "read_json_object",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 
 def cache_dir(*parts: str) -> Path:
@@ -79,3 +86,20 @@ def atomic_dir_write(out_dir: str | os.PathLike[str], files: Mapping[str, Callab
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def read_json_object(path: str | os.PathLike[str], missing_hint: str = "") -> dict[str, Any]:
+    """A JSON object from ``path``; a missing file, bad JSON or a non-object raise an error naming ``path``.
+
+    ``missing_hint`` is added to the missing-file message (e.g. which command writes the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing" + (f" ({missing_hint})" if missing_hint else ""))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data

@@ -26,6 +26,7 @@ from torch import nn
 from ...core.model import adapter_modules, add_adapter, delete_adapter, set_active
 from ...core.placement import find_blocks
 from ...methods.bottleneck import AdapterConfig
+from ...util import read_json_object
 from ..names import HUB_CONFIG, HUB_HEAD_CONFIG
 from ..tensors import copy_checked_tensor
 
@@ -132,15 +133,7 @@ def to_adaptune_config(cfg: dict[str, Any], num_layers: int, source: str = HUB_C
 
 def read_hub_json(path: Path) -> dict[str, Any]:
     """An AdapterHub JSON file as a dict; a missing file, bad JSON or a non-object raise naming ``path``."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
+    return read_json_object(path)
 
 
 # weights file stem -> (safetensors name, pickle name), as AdapterHub's save_* functions write them
