@@ -236,3 +236,24 @@ def test_adapter_trained_in_fp32_loads_into_a_bf16_base(tmp_path: Path) -> None:
     target.eval()
     with torch.no_grad(), autocast(BF16, "cpu"):
         assert torch.isfinite(target(input_ids=ids).logits).all()
+
+
+def test_set_precision_is_the_one_call_for_users() -> None:
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    import adaptune
+
+    cfg = AutoConfig.for_model(
+        "bert", hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100
+    )
+    model = AutoModelForSequenceClassification.from_config(cfg)
+    adaptune.add_adapter(model, "a")
+    adaptune.train_adapter(model, "a")
+    precision = adaptune.set_precision(model, "bf16")
+    assert precision.name == "bf16"
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
+    with adaptune.autocast(precision, "cpu"):
+        loss = model(input_ids=torch.tensor([[1, 2, 3]]), labels=torch.tensor([1])).loss
+    loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters() if p.requires_grad)

@@ -12,6 +12,7 @@ Quick start::
 from .version import __version__  # noqa: I001 (first: every layer reads it)
 from . import methods  # noqa: F401 (registers the adapter methods with the core)
 from .core.base_dropout import set_base_dropout
+from .core.precision import Precision, autocast, resolve_precision, set_precision
 from .core.composition import Average, Fuse, PerExample, Stack
 from .core.config import MethodConfig, parse_layers
 from .methods.fusion import (
@@ -62,6 +63,7 @@ __all__ = [
     "ParamSummary",
     "PerExample",
     "Plan",
+    "Precision",
     "Stack",
     "Target",
     "__version__",
@@ -72,6 +74,7 @@ __all__ = [
     "adapter_targets",
     "add_adapter",
     "add_fusion",
+    "autocast",
     "average_adapters",
     "check_adapters_fire",
     "delete_adapter",
@@ -89,12 +92,14 @@ __all__ = [
     "load_pretrained",
     "parse_layers",
     "plan",
+    "resolve_precision",
     "save_adapter",
     "save_fusion",
     "save_pretrained",
     "set_active",
     "set_adapter_drop",
     "set_base_dropout",
+    "set_precision",
     "train_adapter",
     "train_fusion",
     "trainable_summary",

@@ -52,6 +52,7 @@ __all__ = [
     "cuda_bf16_supported",
     "is_norm",
     "resolve_precision",
+    "set_precision",
 ]
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
@@ -231,6 +232,22 @@ def apply_precision(
         nbytes += p.numel() * p.element_size()
         nbytes32 += p.numel() * 4
     return PrecisionSummary(precision.name, cast, kept, trainable, nbytes, nbytes32)
+
+
+def set_precision(model: nn.Module, precision: str | Precision = "auto", *, frozen_base: bool = True) -> Precision:
+    """Resolve ``precision`` for the model's device and apply it: the one call a user needs before training.
+
+    Call it after ``train_adapter`` / ``train_fusion`` and before building the optimizer, then run the forward
+    under ``autocast(returned_precision, device)``. ``frozen_base=False`` for full fine-tuning (fp32 weights).
+
+    Returns:
+        The resolved ``Precision`` (its ``reason`` says what ``auto`` chose and why).
+    """
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    resolved = precision if isinstance(precision, Precision) else resolve_precision(precision, device)
+    apply_precision(model, resolved, frozen_base=frozen_base)
+    return resolved
 
 
 @contextlib.contextmanager
