@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..util import atomic_dir_write, cache_dir
+from ..util import atomic_folder, cache_dir
 
 __all__ = ["MODELS", "ModelAsset", "resolve_model"]
 
@@ -91,6 +91,11 @@ def _converted_gguf(asset: ModelAsset, gguf: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    atomic_dir_write(out, {"model": model.save_pretrained, "tokenizer": tok.save_pretrained})
+
+    def fill(folder: Path) -> None:  # model and tokenizer files side by side, as from_pretrained reads them
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+
+    atomic_folder(out, fill)
     print(f"adaptune: cached {asset.alias} at {out}", file=sys.stderr)
     return out

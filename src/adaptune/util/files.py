@@ -18,6 +18,7 @@ from typing import Any
 
 __all__ = [
     "atomic_dir_write",
+    "atomic_folder",
     "atomic_write",
     "cache_dir",
     "read_json_object",
@@ -66,15 +67,27 @@ def atomic_dir_write(out_dir: str | os.PathLike[str], files: Mapping[str, Callab
 
     Files in an existing ``out_dir`` that ``files`` does not name (a README, a report) are kept.
     """
+
+    def fill(tmp: Path) -> None:
+        for fname, write in files.items():
+            write(tmp / fname)
+
+    return atomic_folder(out_dir, fill, keep=lambda name: name not in files)
+
+
+def atomic_folder(
+    out_dir: str | os.PathLike[str], fill: Callable[[Path], None], keep: Callable[[str], bool] = lambda name: True
+) -> Path:
+    """Build ``out_dir`` with ``fill(tmp_folder)`` beside it, then swap it in, so readers see the old or the new
+    folder. Entries of an existing ``out_dir`` that ``fill`` did not write and ``keep(name)`` accepts are kept."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        for fname, write in files.items():
-            write(tmp / fname)
+        fill(tmp)
         if out_dir.exists():
             for extra in out_dir.iterdir():
-                if extra.name not in files and not (tmp / extra.name).exists():
+                if keep(extra.name) and not (tmp / extra.name).exists():
                     shutil.move(str(extra), tmp / extra.name)
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
             os.replace(out_dir, old)
