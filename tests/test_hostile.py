@@ -120,6 +120,7 @@ CASES: dict[str, tuple[Callable[[dict[str, Path], Path], list[str]], str]] = {
     "non-UTF-8 bytes": (bad_file("latin.csv", b"text,label\ncaf\xe9 good,pos\nbad,neg\n"), "latin.csv:2"),
     "ragged CSV row": (bad_file("ragged.csv", "text,label\ngood,pos,extra\nbad,neg\n"), "ragged.csv:2"),
     "unknown column": (lambda env, tmp: [*train_on(env, env["csv"]), "--text-column", "review_body"], "review_body"),
+    "fp16 on CPU": (lambda env, tmp: [*train_on(env, env["csv"]), "--precision", "fp16"], "fp16 on CPU is refused"),
     "invalid JSON line": (bad_file("bad.jsonl", '{"text": "a", "label": "pos"}\n{"text": \n'), "bad.jsonl:2"),
     "JSON line not an object": (bad_file("arr.jsonl", '{"text": "a", "label": "pos"}\n[1, 2]\n'), "arr.jsonl:2"),
     "header only": (bad_file("empty.csv", "text,label\n"), "empty.csv"),

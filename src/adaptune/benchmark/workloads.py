@@ -128,10 +128,10 @@ def build(config: str, model_name: str, bs: int) -> nn.Module:
     config, _, precision = config.partition("@")
     model = _build(config, model_name, bs)
     if precision:
-        from adaptune.core.precision import apply_precision
+        from adaptune.core.precision import apply_precision, resolve_precision
 
         # Full fine-tuning keeps fp32 weights; everything else stores what does not train in bf16.
-        apply_precision(model, precision_of(f"x@{precision}"), frozen_base=config != "full")
+        apply_precision(model, resolve_precision(precision, "cpu"), frozen_base=config != "full")
     return model
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "add_data_options",
     "add_setup_options",
     "examples_from_args",
+    "inference_context",
     "load_adapted",
 ]
 
@@ -134,18 +135,23 @@ def load_adapted(a: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
 
 
 def _inference_precision(model: Any, requested: str) -> Any:
-    """Store the whole model (adapters and head too: nothing trains) in the resolved precision; the caller runs
-    the forward under ``core.precision.autocast`` with it."""
+    """Store the whole model (adapters and head too: nothing trains) in the resolved precision; callers run the
+    forward inside ``inference_context``."""
     import sys
 
-    from ..core.precision import apply_precision, resolve_precision
+    from ..core.precision import set_precision
 
-    device = next(model.parameters()).device
-    precision = resolve_precision(requested, device)
     model.requires_grad_(False)
-    apply_precision(model, precision)
+    precision = set_precision(model, requested)
     print(f"adaptune: precision: {precision.reason}", file=sys.stderr)
     return precision
+
+
+def inference_context(model: Any, info: dict[str, Any]) -> Any:
+    """The autocast context of the precision ``load_adapted`` chose (eval, predict, explain run inside it)."""
+    from ..core.precision import autocast
+
+    return autocast(info["precision"], next(model.parameters()).device)
 
 
 def examples_from_args(a: argparse.Namespace, task: str) -> list[Any]:

@@ -6,7 +6,14 @@ import argparse
 import json
 from typing import Any
 
-from .common import add_data_options, add_setup_options, add_split_option, examples_from_args, load_adapted
+from .common import (
+    add_data_options,
+    add_setup_options,
+    add_split_option,
+    examples_from_args,
+    inference_context,
+    load_adapted,
+)
 
 __all__ = ["register", "run"]
 
@@ -34,32 +41,24 @@ def run(a: argparse.Namespace) -> int:
     task = task_named(info["task"])
     examples = examples_from_args(a, task.name)
     task.check_examples(examples, info.get("labels"), a.data)
-    from ..core.precision import autocast
+    from ..training.evaluate import evaluate
 
-    with autocast(info["precision"], next(model.parameters()).device):
-        metrics = _evaluate(a, model, tok, task, examples, info)
+    with inference_context(model, info):
+        metrics = evaluate(
+            task.name,
+            model,
+            tok,
+            examples,
+            labels=info.get("labels"),
+            batch_size=a.batch_size,
+            max_length=a.max_length or info.get("max_length", 128),
+            generate_limit=a.generate_limit,
+            exec_tests=a.exec_tests,
+            max_new_tokens=a.max_new_tokens,
+        )
     if a.json:
         print(json.dumps(metrics))
     else:
         for k, v in metrics.items():
             print(f"{k:>14}  {v:.4f}")
     return 0
-
-
-def _evaluate(
-    a: argparse.Namespace, model: Any, tok: Any, task: Any, examples: list[Any], info: dict[str, Any]
-) -> Any:
-    from ..training.evaluate import evaluate
-
-    return evaluate(
-        task.name,
-        model,
-        tok,
-        examples,
-        labels=info.get("labels"),
-        batch_size=a.batch_size,
-        max_length=a.max_length or info.get("max_length", 128),
-        generate_limit=a.generate_limit,
-        exec_tests=a.exec_tests,
-        max_new_tokens=a.max_new_tokens,
-    )

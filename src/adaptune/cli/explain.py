@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import add_data_options, add_setup_options, add_split_option, examples_from_args, load_adapted
+from .common import (
+    add_data_options,
+    add_setup_options,
+    add_split_option,
+    examples_from_args,
+    inference_context,
+    load_adapted,
+)
 
 __all__ = ["register", "run"]
 
@@ -33,9 +40,7 @@ def run(a: argparse.Namespace) -> int:
     setup = active_setup(model)
     fused = list(setup.children) if isinstance(setup, Fuse) else []
     max_length = a.max_length or info.get("max_length", 128)
-    from ..core.precision import autocast
-
-    with autocast(info["precision"], next(model.parameters()).device):
+    with inference_context(model, info):
         report = explain(model, tok, examples, a.out, fused=fused, batch_size=a.batch_size, max_length=max_length)
     print(f"report: {report}")
     return 0

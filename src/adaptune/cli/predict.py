@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from .common import add_setup_options, load_adapted
+from .common import add_setup_options, inference_context, load_adapted
 
 __all__ = ["register", "run"]
 
@@ -43,9 +43,7 @@ def run(a: argparse.Namespace) -> int:
         max_length=info.get("max_length", 128),
         max_new_tokens=a.max_new_tokens,
     )
-    from ..core.precision import autocast
-
-    with autocast(info["precision"], next(model.parameters()).device):
+    with inference_context(model, info):
         predictions = task.predict(model, tok, texts, options)
     for text, pred in zip(texts, predictions, strict=True):
         print(json.dumps({"text": text, **pred}, ensure_ascii=False) if a.jsonl else task.show(text, pred))

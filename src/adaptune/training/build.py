@@ -11,7 +11,7 @@ import torch
 
 from ..core.base_dropout import set_base_dropout
 from ..core.model import DEFAULT_HEADS, add_adapter, head_modules, train_adapter, trainable_summary
-from ..core.precision import Precision, apply_precision, resolve_precision
+from ..core.precision import Precision, resolve_precision, set_precision
 from ..formats.detect import unique_name
 from ..formats.names import TASK_FILE
 from ..formats.native import load_adapter, save_adapter
@@ -66,9 +66,7 @@ def set_run_precision(cfg: RunConfig, model: torch.nn.Module, device: torch.devi
             storage_dtype=torch.float32,
             reason=f"{precision.reason}; base kept fp32 under FSDP (one dtype per sharded block)",
         )
-    adapter_run = cfg.adapter is not None or bool(cfg.fuse_from)
-    apply_precision(model, precision, frozen_base=adapter_run)
-    return precision
+    return set_precision(model, precision, frozen_base=cfg.adapter is not None or bool(cfg.fuse_from))
 
 
 def rebuild_unsharded(cfg: RunConfig, data: Dataset, trained: dict[str, torch.Tensor]) -> torch.nn.Module:

@@ -265,28 +265,28 @@ def fit(run: Run) -> None:
     bar.close()
 
 
+def _evaluate(run: Run, examples: list[Any], **options: Any) -> dict[str, float]:
+    """The task's metrics of the run's model on ``examples``, under the run's precision (validation and test)."""
+    cfg = run.cfg
+    with autocast(run.precision, run.job.device):
+        return evaluate(
+            cfg.task,
+            run.model,
+            run.tok,
+            examples,
+            labels=run.data.labels,
+            batch_size=cfg.batch_size * 2,
+            max_length=cfg.max_length,
+            **options,
+        )
+
+
 def _validate(run: Run) -> dict[str, float]:
     cfg, data = run.cfg, run.data
     examples = data.validation[: cfg.eval_limit] if cfg.eval_limit else data.validation
     if not examples:
         return {}
-    with autocast(run.precision, run.job.device):
-        m = _evaluate_validation(run, examples)
-    return {f"eval_{k}": v for k, v in m.items()}
-
-
-def _evaluate_validation(run: Run, examples: list[Any]) -> dict[str, float]:
-    cfg, data = run.cfg, run.data
-    return evaluate(
-        cfg.task,
-        run.model,
-        run.tok,
-        examples,
-        labels=data.labels,
-        batch_size=cfg.batch_size * 2,
-        max_length=cfg.max_length,
-        generate=False,
-    )
+    return {f"eval_{k}": v for k, v in _evaluate(run, examples, generate=False).items()}
 
 
 def _peak_rss_mb() -> float:
@@ -316,24 +316,9 @@ def _end_workers(run: Run) -> bool:
 
 def _test_metrics(run: Run) -> dict[str, Any]:
     _log("evaluating on the test split")
-    with autocast(run.precision, run.job.device):
-        test = _evaluate_test(run)
+    cfg = run.cfg
+    test = _evaluate(run, run.data.test, generate_limit=cfg.generate_limit, exec_tests=cfg.exec_tests)
     return {f"test_{k}": v for k, v in test.items()}
-
-
-def _evaluate_test(run: Run) -> dict[str, float]:
-    cfg, data = run.cfg, run.data
-    return evaluate(
-        cfg.task,
-        run.model,
-        run.tok,
-        data.test,
-        labels=data.labels,
-        batch_size=cfg.batch_size * 2,
-        max_length=cfg.max_length,
-        generate_limit=cfg.generate_limit,
-        exec_tests=cfg.exec_tests,
-    )
 
 
 def finish(run: Run) -> RunResult:
