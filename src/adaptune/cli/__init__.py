@@ -12,13 +12,13 @@ import os
 import sys
 
 from ..version import __version__
-from . import compare, explain, fuse, plan, predict, sweep, train
+from . import compare, explain, fuse, plan, predict, serve, sweep, train
 from . import eval as eval_command
 from .common import adapter_config_from_args
 
 __all__ = ["adapter_config_from_args", "build_parser", "main"]
 
-COMMANDS = (train, fuse, eval_command, predict, explain, plan, compare, sweep)
+COMMANDS = (train, fuse, eval_command, predict, explain, plan, compare, sweep, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

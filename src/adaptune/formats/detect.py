@@ -44,24 +44,27 @@ def folder_kind(folder: str | os.PathLike[str]) -> FolderKind:
     return FolderKind.ADAPTER
 
 
-def load_folder(model: nn.Module, folder: str | os.PathLike[str], *, activate: bool = False) -> Any:
+def load_folder(
+    model: nn.Module, folder: str | os.PathLike[str], *, activate: bool = False, load_head: bool = True
+) -> Any:
     """Load whatever ``folder`` is into ``model``: an adapter (under a free name, see ``unique_name``) returns its
     name; a fusion or a setup returns its composition.
 
-    AdapterHub fusion folders hold only the fusion layer: load the adapters it fuses first.
+    AdapterHub fusion folders hold only the fusion layer: load the adapters it fuses first. ``load_head=False``
+    leaves the model's task head as it is (AdapterHub setup folders never carry one).
     """
     kind = folder_kind(folder)
     if kind in (FolderKind.FUSION, FolderKind.HUB_FUSION):
         from .fusion import load_fusion
 
-        return load_fusion(model, folder, activate=activate)
+        return load_fusion(model, folder, activate=activate, load_head=load_head)
     if kind is FolderKind.HUB_SETUP:
         from .adapterhub import load_adapterhub_setup
 
         return load_adapterhub_setup(model, folder, activate=activate)
     from .native import load_adapter
 
-    return load_adapter(model, folder, name=unique_name(model, folder), activate=activate)
+    return load_adapter(model, folder, name=unique_name(model, folder), activate=activate, load_head=load_head)
 
 
 def unique_name(model: nn.Module, folder: str | os.PathLike[str]) -> str:

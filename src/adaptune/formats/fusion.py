@@ -58,7 +58,9 @@ def save_fusion(
     return out
 
 
-def load_fusion(model: nn.Module, folder: str | os.PathLike[str], *, activate: bool = True) -> Fuse:
+def load_fusion(
+    model: nn.Module, folder: str | os.PathLike[str], *, activate: bool = True, load_head: bool = True
+) -> Fuse:
     """Load a fusion saved by ``save_fusion`` (its adapters too, unless already in the model), or by AdapterHub's
     ``save_adapter_fusion`` (``adapter_fusion_config.json``; load the fused adapters first with ``load_adapter``).
 
@@ -66,6 +68,8 @@ def load_fusion(model: nn.Module, folder: str | os.PathLike[str], *, activate: b
         model: the model to add the fusion to.
         folder: the fusion folder.
         activate: make the returned ``Fuse`` the active setup.
+        load_head: also copy the saved task head into ``model`` (a server that keeps one head per adapter reads
+            it itself).
 
     Returns:
         The ``Fuse`` setup.
@@ -76,7 +80,7 @@ def load_fusion(model: nn.Module, folder: str | os.PathLike[str], *, activate: b
     src = Path(folder)
     cfg = src / FUSION_CONFIG
     if not cfg.is_file() and is_adapterhub_fusion_folder(src):
-        return load_adapterhub_fusion(model, src, activate=activate)
+        return load_adapterhub_fusion(model, src, activate=activate, load_head=load_head)
     if not cfg.is_file():
         raise FileNotFoundError(
             f"{cfg}: missing (an adaptune fusion folder holds {FUSION_CONFIG} and {FUSION_WEIGHTS}; an AdapterHub "
@@ -110,7 +114,7 @@ def load_fusion(model: nn.Module, folder: str | os.PathLike[str], *, activate: b
         for child in loaded:
             delete_adapter(model, child)
         raise
-    if (src / HEAD_FILE).is_file():
+    if load_head and (src / HEAD_FILE).is_file():
         copy_head(model, read_tensors(src / HEAD_FILE), src / HEAD_FILE)
     if activate:
         set_active(model, fuse)
