@@ -49,6 +49,9 @@ from .core.model import (
     trainable_summary,
 )
 from .methods.bottleneck import AdapterConfig, Bottleneck
+from .methods.ia3 import IA3Config
+from .methods.lora import LoraConfig
+from .methods.merge import merge_adapter, unmerge_adapter
 from .core.placement import Block, Target, find_blocks, find_targets
 
 __all__ = [
@@ -59,6 +62,8 @@ __all__ = [
     "Bottleneck",
     "Fuse",
     "Fusion",
+    "IA3Config",
+    "LoraConfig",
     "MethodConfig",
     "ParamSummary",
     "PerExample",
@@ -90,6 +95,7 @@ __all__ = [
     "load_adapter",
     "load_fusion",
     "load_pretrained",
+    "merge_adapter",
     "parse_layers",
     "plan",
     "resolve_precision",
@@ -103,4 +109,5 @@ __all__ = [
     "train_adapter",
     "train_fusion",
     "trainable_summary",
+    "unmerge_adapter",
 ]

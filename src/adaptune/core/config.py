@@ -86,6 +86,18 @@ class MethodConfig:
         ):
             raise self._bad("target_modules", "a non-empty list of module-name patterns")
 
+    # ---- where, for methods that adapt single projections ---------------------------------------
+    def projections(self) -> dict[str, str] | None:
+        """For methods that adapt individual linear projections (LoRA, (IA)³): projection kind
+        (``core.placement.PROJECTIONS``) -> slot mode, found structurally in every selected block; ``None`` (the
+        default) places the adapter by ``placement`` instead."""
+        return None
+
+    def explicit_mode(self, module: str) -> str | None:
+        """The slot mode for a module matched by ``target_modules``; ``None`` (the default) follows ``placement``
+        (``"parallel"`` reads the module's input, anything else its output)."""
+        return None
+
     # ---- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: ``method`` first, then every field (tuples become lists)."""

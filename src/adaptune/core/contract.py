@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 # The slot modes (how the slot calls an adapter; ``Target.mode``).
-MODES: tuple[str, ...] = ("output", "parallel", "post_ln")
+MODES: tuple[str, ...] = ("output", "parallel", "post_ln", "input")
 # The method of a config written before configs named their method, and of ``add_adapter(model, name)``.
 DEFAULT_METHOD = "bottleneck"
 
@@ -70,7 +70,9 @@ class AdapterModule(nn.Module):
     - ``"parallel"``: ``forward(x, residual=h)`` with ``x`` the sublayer's input (..., in_width) and ``h`` its
       output (..., out_width);
     - ``"post_ln"``: the host is a closing LayerNorm ``LN(v)``; ``forward(LN(v), residual=v)`` and the slot
-      re-normalises the result.
+      re-normalises the result;
+    - ``"input"``: ``forward(x)`` with ``x`` the host's input (..., in_width), before the host runs; the host then
+      runs on the result ((IA)³'s scaling of the FFN intermediate activation).
 
     Tensors arrive channels-last ``(..., width)`` whatever the host's layout (the slot transposes
     channels-first hosts such as 1x1 ``nn.Conv1d``).
@@ -79,12 +81,16 @@ class AdapterModule(nn.Module):
     ``mode`` and ``out_width``. They must not change state inside ``forward`` (no counters, no decays, no
     in-place edits of inputs), and a freshly built adapter should be an exact identity (its delta zero) so
     adding one leaves the model's outputs unchanged.
+
+    ``merged`` is True while a method has folded the adapter into its host's weights (LoRA, (IA)³); its
+    ``forward`` is then an identity, and ``delete_adapter`` refuses it until it is unmerged.
     """
 
     method: ClassVar[str] = ""
     config: MethodConfig
     mode: str
     out_width: int
+    merged: bool = False
 
     def forward(  # pragma: no cover - the contract; subclasses implement it
         self, x: torch.Tensor, residual: torch.Tensor | None = None, delta_only: bool = False

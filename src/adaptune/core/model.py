@@ -130,6 +130,8 @@ def add_adapter(
             raise ValueError(f"{t.module} already has a child 'adapters' that is not adaptune's; cannot attach")
         elif input_module is not None:
             slot.attach_input_module(input_module)
+        if t.mode == "input":
+            slot.attach_input_hook(host)
         ref = next(host.parameters(), None)
         adapter = build_adapter(t, config).to(device=ref.device if ref is not None else None, dtype=dtype)
         slot[name] = adapter.train(host.training)
@@ -151,6 +153,8 @@ def delete_adapter(model: nn.Module, name: str) -> None:
     slots = adapter_slots(model)
     if name not in list_adapters(model):
         raise KeyError(f"no adapter named {name!r} in the model; adapters: {list_adapters(model)}")
+    if any(getattr(s._modules.get(name), "merged", False) for s in slots.values()):
+        raise ValueError(f"adapter {name!r} is merged into the base weights; unmerge it before deleting it")
     using = next((s.active for s in slots.values() if name in adapter_names(s.active)), None)
     if using is not None:
         raise ValueError(

@@ -11,6 +11,13 @@ Search order (the README's "How placement works" says the same for users):
 3. ``ARCH_TABLE`` — a small table keyed by ``config.model_type`` that overrides the rule's answer for the
    few layouts it gets wrong.
 
+Methods that adapt single linear projections (LoRA, (IA)³) ask for projection kinds instead of a placement
+(``MethodConfig.projections``); ``block_projections`` finds them with the same rule: inside each attention group,
+the output projection is the last linear writing the block width and the linears reading the block width are the
+query / key / value (told apart by their names ``q|query|q_proj|...``, else registration order; one such linear is
+a fused ``qkv``); outside attention, linears from the width to a wider space are FFN inputs and linears back to the
+width FFN outputs (routers, narrower than the width, are neither).
+
 Nothing here modifies the model.
 """
 
@@ -22,17 +29,21 @@ from typing import Literal
 
 from torch import nn
 
-from .config import MethodConfig, parse_layers
+from .config import LayerSpec, MethodConfig, parse_layers
 
 __all__ = [
     "ARCH_TABLE",
+    "PROJECTIONS",
     "Block",
     "Target",
+    "block_projections",
     "find_blocks",
+    "find_projection_targets",
     "find_targets",
     "is_adaptune_path",
     "is_channels_first",
     "linear_dims",
+    "matches_pattern",
 ]
 
 _ATTN = re.compile(r"attn|attention", re.IGNORECASE)
@@ -87,8 +98,9 @@ class Target:
         in_width: width of what the adapter reads: the hooked module's output, or for ``"parallel"`` the
             sublayer input.
         out_width: width of what the adapter writes: the hooked module's output.
-        mode: ``"output"`` (``out + s·f(out)``), ``"parallel"`` (``out + s·f(x)``, x the FFN input) or
-            ``"post_ln"`` (the module is the sublayer's closing LayerNorm: ``LN(v + s·f(LN(v)))``).
+        mode: ``"output"`` (``out + s·f(out)``), ``"parallel"`` (``out + s·f(x)``, x the FFN input),
+            ``"post_ln"`` (the module is the sublayer's closing LayerNorm: ``LN(v + s·f(LN(v)))``) or ``"input"``
+            (the adapter rewrites the module's input before the module runs; widths are its in-features).
         input_module: for ``"parallel"`` when the FFN has no container module: the first FFN linear, whose input
             is the FFN input. ``None`` means the hooked module's own input is used.
         channels_first: the hooked tensors are ``(B, C, T)`` (a 1x1 ``nn.Conv1d`` host); the slot transposes
@@ -100,7 +112,7 @@ class Target:
     module: str
     in_width: int
     out_width: int
-    mode: Literal["output", "parallel", "post_ln"] = "output"
+    mode: Literal["output", "parallel", "post_ln", "input"] = "output"
     input_module: str | None = None
     channels_first: bool = False
 
@@ -308,7 +320,8 @@ def _common_prefix(a: str, b: str) -> str:
     return ".".join(common)
 
 
-def _match(name: str, pattern: str) -> bool:
+def matches_pattern(name: str, pattern: str) -> bool:
+    """True if module ``name`` matches a ``target_modules`` pattern: the exact name, a ``.suffix`` or a full regex."""
     if name == pattern:
         return True
     if pattern.startswith("."):
@@ -321,16 +334,20 @@ def _match(name: str, pattern: str) -> bool:
 
 def _explicit_targets(model: nn.Module, config: MethodConfig, blocks: list[Block]) -> list[Target]:
     assert config.target_modules is not None
-    mode = "parallel" if config.placement == "parallel" else "output"
+    default_mode = "parallel" if config.placement == "parallel" else "output"
     targets: list[Target] = []
     for name, sub in model.named_modules():
-        if not name or is_adaptune_path(name) or not any(_match(name, p) for p in config.target_modules):
+        if not name or is_adaptune_path(name) or not any(matches_pattern(name, p) for p in config.target_modules):
             continue
+        mode = config.explicit_mode(name) or default_mode
         block = next((b for b in blocks if name.startswith(b.path + ".")), None)
         dims = linear_dims(sub)
         out_width = dims[1] if dims else (block.width if block else None)
-        if out_width is None:
-            raise ValueError(f"target_modules: cannot tell the output width of {name} ({type(sub).__name__})")
+        if out_width is None or (mode == "input" and dims is None):
+            raise ValueError(f"target_modules: cannot tell the widths of {name} ({type(sub).__name__})")
+        if mode == "input":  # the adapter rewrites the projection's input: its in-features on both sides
+            assert dims is not None
+            out_width = dims[0]
         # A parallel adapter reads the module's own input: the projection's input width, which may differ.
         in_width = dims[0] if dims and mode == "parallel" else out_width
         layer = block.index if block else -1
@@ -353,6 +370,9 @@ def find_targets(model: nn.Module, config: MethodConfig) -> list[Target]:
         ValueError: nothing matches, or the layer selection is invalid; the message says what was tried.
     """
     model_type = getattr(getattr(model, "config", None), "model_type", None)
+    projections = config.projections()
+    if projections is not None and config.target_modules is None:
+        return find_projection_targets(model, projections, config.layers)
     if config.target_modules is not None:
         try:
             blocks = find_blocks(model)
@@ -398,3 +418,98 @@ def find_targets(model: nn.Module, config: MethodConfig) -> list[Target]:
             "width inside an attn|attention child / elsewhere in the block). Set the config's target_modules."
         )
     return targets
+
+
+# Linear projections that methods adapting single projections (LoRA, (IA)³) can ask for (``block_projections``).
+PROJECTIONS: tuple[str, ...] = ("query", "key", "value", "qkv", "attention_output", "ffn_input", "ffn_output")
+_ROLE_NAMES: dict[str, re.Pattern[str]] = {
+    role: re.compile(rf"^(w?{role[0]}|{role})(_?proj|_lin)?$", re.IGNORECASE) for role in ("query", "key", "value")
+}
+
+
+def block_projections(model: nn.Module, block: Block) -> dict[str, list[str]]:
+    """Projection kind (``PROJECTIONS``) -> module paths relative to ``block``, in module order (see the module
+    docstring for the rule). Fused MoE experts (``nn.Parameter``) hold no linear: their block has no FFN kinds."""
+    mod = model.get_submodule(block.path)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    # A table entry names the attention output where the rule would pick wrongly (SqueezeBERT: the last
+    # width-writing linear of `attention` is `value`; the output is `post_attention.conv1d`).
+    table_out = ARCH_TABLE.get(model_type or "", {}).get("attention")
+    groups: dict[str, list[tuple[str, tuple[int, int]]]] = {}
+    others: list[tuple[str, tuple[int, int]]] = []
+    for rel, sub in mod.named_modules():
+        dims = linear_dims(sub) if rel and not is_adaptune_path(rel) else None
+        if dims is not None:
+            group = _attention_group(rel)
+            (groups.setdefault(group, []) if group is not None else others).append((rel, dims))
+    found: dict[str, list[str]] = {kind: [] for kind in PROJECTIONS}
+    for items in groups.values():
+        writers = [r for r, d in items if d[1] == block.width]
+        if table_out is not None:
+            out = table_out if any(r == table_out for r, _ in items) else None
+        else:
+            out = writers[-1] if writers else None
+        if out is not None:
+            found["attention_output"].append(out)
+        _assign_qkv([r for r, d in items if r != out and d[0] == block.width], found)
+    for i, (rel, (d_in, d_out)) in enumerate(others):
+        if d_out == block.width and (d_in > block.width or i == len(others) - 1):
+            found["ffn_output"].append(rel)
+        elif d_in == block.width and d_out >= block.width:
+            found["ffn_input"].append(rel)
+    return found
+
+
+def _assign_qkv(inputs: list[str], found: dict[str, list[str]]) -> None:
+    """Sort an attention group's input projections into query / key / value (one alone is a fused qkv)."""
+    if len(inputs) == 1:
+        found["qkv"].append(inputs[0])
+        return
+    named = {r: role for r in inputs for role, rx in _ROLE_NAMES.items() if rx.match(r.rsplit(".", 1)[-1])}
+    if not named and len(inputs) == 3:  # unnamed separate projections: q, k, v in registration order
+        named = dict(zip(inputs, ("query", "key", "value"), strict=True))
+    for rel in inputs:
+        if rel in named:
+            found[named[rel]].append(rel)
+
+
+def find_projection_targets(model: nn.Module, kinds: dict[str, str], layers: LayerSpec = None) -> list[Target]:
+    """A target on every projection of the given kinds in the selected blocks, in module order.
+
+    Args:
+        model: the model.
+        kinds: projection kind (``PROJECTIONS``) -> the slot mode the adapter runs in there (``"parallel"`` reads
+            the projection's input and adds to its output, ``"output"`` rewrites its output, ``"input"`` its input).
+        layers: which blocks (``MethodConfig.layers``).
+
+    Raises:
+        ValueError: an unknown kind, or no block holds any of the kinds; the message says what was looked for.
+    """
+    if unknown := sorted(set(kinds) - set(PROJECTIONS)):
+        raise ValueError(f"unknown projection kinds {unknown}; expected some of {PROJECTIONS}")
+    blocks = find_blocks(model)
+    keep = set(parse_layers(layers, len(blocks)))
+    targets: list[Target] = []
+    for block in blocks:
+        if block.index not in keep:
+            continue
+        found = block_projections(model, block)
+        order = {rel: i for i, (rel, _) in enumerate(model.get_submodule(block.path).named_modules())}
+        picked = sorted(((rel, kind) for kind in kinds for rel in found[kind]), key=lambda rk: order[rk[0]])
+        for rel, kind in picked:
+            targets.append(_projection_target(model, block, rel, kind, kinds[kind]))
+    if not targets:
+        raise ValueError(
+            f"{type(model).__name__}: found no {' / '.join(kinds)} projection in the selected blocks (looked for "
+            "linears inside attn|attention children and in the FFN). Set the config's target_modules."
+        )
+    return targets
+
+
+def _projection_target(model: nn.Module, block: Block, rel: str, kind: str, mode: str) -> Target:
+    host = model.get_submodule(f"{block.path}.{rel}")
+    d_in, d_out = linear_dims(host)  # type: ignore[misc]
+    in_width, out_width = {"parallel": (d_in, d_out), "output": (d_out, d_out), "input": (d_in, d_in)}[mode]
+    location = "ffn" if kind.startswith("ffn") else "attention"
+    path = f"{block.path}.{rel}"
+    return Target(block.index, location, path, in_width, out_width, mode, channels_first=is_channels_first(host))  # type: ignore[arg-type]

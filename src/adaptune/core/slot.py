@@ -9,6 +9,10 @@ active setup (a ``composition`` tree) to the host's output::
     output mode:    h  -> h + s·f(h)                (an adapter in a Stack: serial)
     parallel mode:  h  -> h + s·f(x)                (x = the FFN input)
     post_ln mode:   LN(v) -> LN(v + s·f(LN(v)))      (host = the sublayer's closing LayerNorm, v = x + h)
+    input mode:     x  -> f(x), then the host runs   (a pre-hook on the host; (IA)³'s FFN scaling)
+
+The active setup runs twice per host call when input-mode adapters are present: once on the host's input (only
+input-mode adapters act, the others pass through) and once on its output (the other way round).
 
 Hooks are bound methods of the slot, so ``copy.deepcopy`` of the model rebinds them to the copied slot.
 """
@@ -35,11 +39,13 @@ class ForwardState(NamedTuple):
         h: the hidden state being adapted, (B, T, d); in post-LN mode the closing LayerNorm's input ``v``.
         x: the FFN input, (B, T, d_in), for parallel adapters (``None`` when no parallel adapter runs).
         norm: the host LayerNorm, for post-LN adapters (``None`` otherwise).
+        before_host: the setup runs on the host's input (only input-mode adapters act) rather than its output.
     """
 
     h: torch.Tensor
     x: torch.Tensor | None = None
     norm: Callable[[torch.Tensor], torch.Tensor] | None = None
+    before_host: bool = False
 
     def rows(self, idx: torch.Tensor) -> ForwardState:
         """The same state for the batch rows ``idx`` only."""
@@ -68,6 +74,7 @@ class AdapterSlot(nn.ModuleDict):
         self.skip = False  # AdapterDrop: always skip this slot
         self.drop_prob = 0.0  # AdapterDrop while training: skip with this probability per forward
         self.has_input_module = input_module is not None
+        self.has_input_hook = False  # a pre-hook on the host runs input-mode adapters (attach_input_hook)
         # The FFN input, captured by the pre-hook and consumed by the forward hook of the same call. It is
         # the only state a forward touches, it never outlives one host call, and recomputation under
         # gradient checkpointing replays both hooks in the same order.
@@ -81,6 +88,13 @@ class AdapterSlot(nn.ModuleDict):
         if not self.has_input_module:
             self.has_input_module = True
             self._handles.append(input_module.register_forward_pre_hook(self._capture_input))
+
+    def attach_input_hook(self, host: nn.Module) -> None:
+        """Run input-mode adapters on ``host``'s input (once an input-mode adapter joins; others never pay for
+        the pre-hook)."""
+        if not self.has_input_hook:
+            self.has_input_hook = True
+            self._handles.append(host.register_forward_pre_hook(self._before_host))
 
     def remove_hooks(self) -> None:
         """Detach from the host: the host then runs exactly as before the slot existed."""
@@ -118,6 +132,14 @@ class AdapterSlot(nn.ModuleDict):
                 return kwargs[key]
         raise RuntimeError("adaptune: cannot find the input tensor of the hooked module for a parallel adapter")
 
+    def _before_host(self, module: nn.Module, args: tuple[Any, ...]) -> Any:
+        if self.active is None or "input" not in self._modes() or self._skipped():
+            return None
+        if not args or not isinstance(args[0], torch.Tensor):
+            raise RuntimeError("adaptune: an input-mode adapter needs the hooked module's input as its first argument")
+        x = self.apply_setup(self.active, ForwardState(self._last(args[0]), before_host=True))
+        return (self._last(x), *args[1:])
+
     def _skipped(self) -> bool:
         if self.skip:
             return True
@@ -128,7 +150,7 @@ class AdapterSlot(nn.ModuleDict):
         return t.transpose(1, 2) if self.channels_first else t
 
     def _after_host(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
-        modes = self._modes() if self.active is not None else set()
+        modes = self._modes() - {"input"} if self.active is not None else set()
         if not modes:
             return None
         if isinstance(output, torch.Tensor):
@@ -173,8 +195,8 @@ class AdapterSlot(nn.ModuleDict):
 
     def _adapter(self, name: str, state: ForwardState) -> torch.Tensor:
         adapter = self._modules.get(name)
-        if not isinstance(adapter, AdapterModule):
-            return state.h  # this adapter has no place here (e.g. other layers only)
+        if not isinstance(adapter, AdapterModule) or (adapter.mode == "input") != state.before_host:
+            return state.h  # no place here (e.g. other layers only), or it acts on the other side of the host
         return adapter(self._adapter_input(adapter, state), residual=state.h)
 
     def _stack(self, node: Stack, state: ForwardState) -> torch.Tensor:
@@ -183,6 +205,12 @@ class AdapterSlot(nn.ModuleDict):
         return state.h
 
     def _average(self, node: Average, state: ForwardState) -> torch.Tensor:
+        here = [n for n in adapter_names(node) if isinstance(self._modules.get(n), AdapterModule)]
+        if len({self[n].mode == "input" for n in here}) > 1:
+            raise ValueError(
+                f"adaptune: {node!r} averages an input-mode adapter with others at one module; an average of "
+                "outputs is defined only when every adapter there acts on the same side of the module"
+            )
         outs = [(w, self.apply_setup(c, state)) for c, w in zip(node.children, node.weights, strict=True)]
         return sum((w * o for w, o in outs), torch.zeros_like(state.h))
 
@@ -199,8 +227,10 @@ class AdapterSlot(nn.ModuleDict):
     def _fuse(self, node: Fuse, state: ForwardState) -> torch.Tensor:
         present = [c for c in node.children if isinstance(self._modules.get(c), AdapterModule)]
         fusion = self._modules.get(node.name)
-        if not present:
+        if not present or state.before_host:
             return state.h
+        if any(self[n].mode == "input" for n in present):
+            raise ValueError(f"adaptune: {node!r}: fusion attends over output deltas; input-mode adapters cannot fuse")
         if not isinstance(fusion, MixerModule):
             raise RuntimeError(f"adaptune: no fusion layer {node.name!r} here; call add_fusion first")
         deltas = []
