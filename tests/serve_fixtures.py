@@ -59,6 +59,7 @@ def make_adapters(root: Path) -> tuple[Path, dict[str, Path]]:
 
 def reference_probs(model_dir: Path, folder: Path, labels: list[str], texts: list[str], setup: str | None = None):
     """What a plain fp32 model with that adapter (and its head) loaded gives, one text at a time."""
+    from adaptune.core.composition import parse
     from adaptune.formats.detect import load_folder
 
     from .cli_fixtures import make_tokenizer, vocabulary
@@ -66,7 +67,7 @@ def reference_probs(model_dir: Path, folder: Path, labels: list[str], texts: lis
     model = load_classifier(model_dir, labels)
     name = load_folder(model, folder, activate=True)
     if setup is not None:
-        adaptune.set_active(model, adaptune.parse(setup))
+        adaptune.set_active(model, parse(setup))
     tok = make_tokenizer(vocabulary())
     rows = []
     with torch.no_grad():

@@ -33,7 +33,9 @@ def create_app(server: Server) -> FastAPI:
     batcher = None
     if not server.generative:
         batcher = ClassifyBatcher(
-            lambda jobs: classify_forward(server.registry, server.tokenizer, jobs, server.max_length, server.autocast),
+            lambda jobs: classify_forward(
+                server.registry, server.batch_tokenizer, jobs, server.max_length, server.autocast
+            ),
             max_batch=server.options.max_batch,
             max_wait=server.options.max_wait_ms / 1000,
             on_batch=lambda rows, reqs: _observe_batch(server, rows, reqs),

@@ -101,6 +101,9 @@ async def _generate(server: Server, request: Request, req: Any, ids: list[int], 
     )
     try:
         handle = server.engine.submit(gen)
+    except (KeyError, ValueError) as err:  # the engine's own checks (the schema and resolve ran before)
+        server.registry.release(resolved)
+        raise ServeError(400, f"model: {err}", "model") from None
     except RuntimeError as err:  # the engine is draining for shutdown
         server.registry.release(resolved)
         raise ServeError(503, f"server is shutting down ({err})") from None

@@ -3,6 +3,7 @@ background thread (tests and the load benchmark)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -30,10 +31,21 @@ def _config(server: Server, port: int, log_level: str) -> Any:
 
 
 def run_foreground(server: Server, log_level: str = "info") -> None:
-    """Serve until SIGTERM / Ctrl-C, then drain in-flight requests and return."""
+    """Serve until SIGTERM / Ctrl-C, then drain in-flight requests and return (the CLI then exits 0)."""
     import uvicorn
 
-    uvicorn.Server(_config(server, server.options.port, log_level)).run()
+    class Draining(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            # uvicorn re-raises the signal after its graceful shutdown, so the process would die of SIGTERM
+            # (status 143); a drained shutdown is a clean exit here.
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    self._captured_signals.clear()
+
+    Draining(_config(server, server.options.port, log_level)).run()
 
 
 def start_background(server: Server, log_level: str = "warning", timeout: float = 60.0) -> tuple[Any, int]:

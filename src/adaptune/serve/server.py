@@ -4,6 +4,7 @@ classification batcher or the generation engine, the metrics; and how it is buil
 from __future__ import annotations
 
 import contextlib
+import copy
 import ipaddress
 import os
 import threading
@@ -79,13 +80,12 @@ class Server:
         options: ServeOptions,
         base_name: str = "base",
     ) -> None:
-        self.model, self.tokenizer, self.task, self.precision, self.options = (
-            model,
-            tokenizer,
-            task,
-            precision,
-            options,
-        )
+        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.precision, self.options = precision, options
+        # A fast tokenizer is not safe to share between threads ("Already borrowed" when one thread changes its
+        # padding / truncation while another encodes): the event loop, the batch thread and the decode thread
+        # each get their own.
+        self.batch_tokenizer = copy.deepcopy(tokenizer)
         self.lock = threading.Lock()
         self.generative = task != "classification"
         heads = None if self.generative else HeadBank(model, required=_head_leaves(model))
@@ -99,7 +99,7 @@ class Server:
 
             self.engine = DecodeEngine(
                 model,
-                tokenizer,
+                copy.deepcopy(tokenizer),
                 max_batch=options.gen_batch,
                 lock=self.lock,
                 autocast=self.autocast,
