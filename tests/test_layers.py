@@ -1,5 +1,5 @@
-"""The package's layers: imports flow one way (cli / benchmark / serve -> training -> formats -> methods -> core -> util)
-and no module imports itself back through others (no circles), counting imports inside functions too."""
+"""The package's layers: imports flow one way (cli / benchmark / serve -> training -> formats -> methods -> core
+-> util) and no module imports itself back through others (no circles), counting imports inside functions too."""
 
 from __future__ import annotations
 
@@ -10,7 +10,17 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "adaptune"
 # Lower number = lower layer; a module may import from its own layer and the ones below.
-LAYERS = {"util": 0, "version": 0, "core": 1, "methods": 2, "formats": 3, "training": 4, "cli": 5, "benchmark": 5, "serve": 5}
+LAYERS = {
+    "util": 0,
+    "version": 0,
+    "core": 1,
+    "methods": 2,
+    "formats": 3,
+    "training": 4,
+    "cli": 5,
+    "benchmark": 5,
+    "serve": 5,
+}
 ROOT_LAYER = 5  # `adaptune` itself (the public API facade) sits beside the applications
 
 
