@@ -27,6 +27,7 @@ from .methods.fusion import (
 )
 from .formats.fusion import load_fusion, save_fusion
 from .formats.native import fingerprint, load_adapter, save_adapter
+from .formats.peft import load_peft, save_peft
 from .formats.pretrained import load_pretrained, save_pretrained
 from .core.model import (
     DEFAULT_HEADS,
@@ -94,6 +95,7 @@ __all__ = [
     "list_fusions",
     "load_adapter",
     "load_fusion",
+    "load_peft",
     "load_pretrained",
     "merge_adapter",
     "parse_layers",
@@ -101,6 +103,7 @@ __all__ = [
     "resolve_precision",
     "save_adapter",
     "save_fusion",
+    "save_peft",
     "save_pretrained",
     "set_active",
     "set_adapter_drop",

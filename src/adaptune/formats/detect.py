@@ -1,4 +1,4 @@
-"""What a saved folder is, and loading it whatever it is: the one place that tells adaptune and AdapterHub
+"""What a saved folder is, and loading it whatever it is: the one place that tells adaptune, AdapterHub and peft
 folders apart (the CLI's ``--adapter`` and the library both use it)."""
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ class FolderKind(str, Enum):
     HUB_ADAPTER = "adapterhub adapter"  # AdapterHub's save_adapter
     HUB_SETUP = "adapterhub setup"  # AdapterHub's setup folder (Stack / Fuse of adapters)
     HUB_FUSION = "adapterhub fusion"  # AdapterHub's save_adapter_fusion
+    PEFT_ADAPTER = "peft adapter"  # peft's save_pretrained (LoRA, (IA)³)
 
 
 def folder_kind(folder: str | os.PathLike[str]) -> FolderKind:
     """What ``folder`` holds, from its files. A folder that is none of the known kinds counts as an adaptune
     adapter, so that loading it reports what is missing."""
     from .adapterhub import is_adapterhub_folder
+    from .peft import is_peft_folder
 
     src = Path(folder)
     if (src / FUSION_CONFIG).is_file():
@@ -41,6 +43,8 @@ def folder_kind(folder: str | os.PathLike[str]) -> FolderKind:
         return FolderKind.HUB_FUSION
     if is_adapterhub_folder(src):
         return FolderKind.HUB_ADAPTER
+    if is_peft_folder(src):
+        return FolderKind.PEFT_ADAPTER
     return FolderKind.ADAPTER
 
 
@@ -62,6 +66,10 @@ def load_folder(
         from .adapterhub import load_adapterhub_setup
 
         return load_adapterhub_setup(model, folder, activate=activate)
+    if kind is FolderKind.PEFT_ADAPTER:
+        from .peft import load_peft
+
+        return load_peft(model, folder, name=unique_name(model, folder), activate=activate)
     from .native import load_adapter
 
     return load_adapter(model, folder, name=unique_name(model, folder), activate=activate, load_head=load_head)

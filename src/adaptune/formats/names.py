@@ -14,3 +14,7 @@ HUB_CONFIG = "adapter_config.json"
 HUB_HEAD_CONFIG = "head_config.json"
 HUB_SETUP = "adapter_setup.json"
 HUB_FUSION_CONFIG = "adapter_fusion_config.json"
+# peft folders (formats.peft)
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_WEIGHTS_BIN = "adapter_model.bin"
