@@ -8,12 +8,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..core.config import PLACEMENTS
+from ..core.config import PLACEMENTS, MethodConfig
+from ..core.contract import DEFAULT_METHOD, METHODS, Method
 from ..core.precision import PRECISIONS
 from ..formats.names import TASK_FILE
 from ..methods.bottleneck import ACTIVATIONS, AdapterConfig
 from ..training.config import RunConfig
-from ..training.options import add_options, positive_float, positive_int, probability
+from ..training.options import (
+    add_method_options,
+    add_options,
+    method_options,
+    positive_float,
+    positive_int,
+    probability,
+)
 from ..training.tasks import task_names
 
 __all__ = [
@@ -33,8 +41,17 @@ PRESETS = ("pfeiffer", "houlsby", "parallel")
 DATA_OPTIONS = ("data", "text_column", "label_column", "target_column", "limit")
 
 
+def _add_method_choice(p: argparse.ArgumentParser) -> None:
+    """``--method`` and, for every registered method, the options its config declares (default: unset)."""
+    p.add_argument(
+        "--method", choices=sorted(METHODS), default=DEFAULT_METHOD, help="adapter method (default: %(default)s)"
+    )
+    add_method_options(p, METHODS.values())
+
+
 def add_adapter_options(p: argparse.ArgumentParser) -> None:
     """The options that describe a new adapter (train, plan)."""
+    _add_method_choice(p)
     g = p.add_argument_group("adapter")
     g.add_argument("--preset", choices=PRESETS, default="pfeiffer")
     g.add_argument("--placement", choices=PLACEMENTS, help="override the preset's placement")
@@ -49,14 +66,34 @@ def add_adapter_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-modules", nargs="+", help="explicit module names / .suffixes / regexes")
 
 
-def adapter_config_from_args(a: argparse.Namespace) -> AdapterConfig:
-    """The AdapterConfig the adapter options describe."""
+def adapter_config_from_args(a: argparse.Namespace) -> MethodConfig:
+    """The adapter config the options describe: ``--method``'s config (a bottleneck ``AdapterConfig`` by default).
+
+    Raises:
+        ValueError: a bottleneck-only option with another method, or an invalid value (names the field).
+    """
+    method = getattr(a, "method", DEFAULT_METHOD)
+    if method != "bottleneck":
+        return _method_config_from_args(a, METHODS[method])
     kwargs: dict[str, Any] = {"reduction_factor": a.reduction_factor, "dropout": a.adapter_dropout}
     for key in ("bottleneck_size", "activation", "scaling", "layers", "placement", "target_modules"):
         if getattr(a, key, None) is not None:
             kwargs[key] = getattr(a, key)
     preset = getattr(AdapterConfig, a.preset)
     return preset(**kwargs)
+
+
+def _method_config_from_args(a: argparse.Namespace, method: Method) -> MethodConfig:
+    bottleneck_only = ("placement", "bottleneck_size", "activation", "scaling")
+    if given := [k for k in bottleneck_only if getattr(a, k, None) is not None]:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ValueError(f"{flags}: bottleneck options; --method {method.name} takes the --{method.name}-* options")
+    kwargs: dict[str, Any] = {k: getattr(a, k) for k in ("layers", "target_modules") if getattr(a, k, None)}
+    for flag, f in method_options(method).items():
+        value = getattr(a, flag[2:].replace("-", "_"), None)
+        if value is not None:
+            kwargs[f.name] = value
+    return method.config_class(**kwargs)
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:

@@ -32,5 +32,25 @@ def run(a: argparse.Namespace) -> int:
     # Empty weights are enough to plan: build on the meta device, no memory, no loading time.
     with torch.device("meta"):
         model = AutoModel.from_config(AutoConfig.from_pretrained(path))
-    print(plan(model, adapter_config_from_args(a)).table())
+    config = adapter_config_from_args(a)
+    print(plan(model, config).table())
+    print(_methods_summary(model, config))
     return 0
+
+
+def _methods_summary(model: Any, chosen: Any) -> str:
+    """One line per registered method: its adapter parameters on this model (the chosen config for its method,
+    defaults for the others), so `plan` compares methods at a glance."""
+    from ..core.contract import METHODS, method_for
+    from ..core.model import plan
+
+    rows = ["parameters by method (yours for --method, defaults for the others):"]
+    for name, method in sorted(METHODS.items()):
+        config = chosen if method_for(chosen) is method else method.config_class()
+        try:
+            planned = plan(model, config)
+            params, places = planned.total_adapter_params, len(planned.targets)
+            rows.append(f"  {name:<12} {params:>12,}  {planned.percent:.3f}%  ({places} places)")
+        except ValueError as err:  # a method whose default places do not exist in this model
+            rows.append(f"  {name:<12} {'-':>12}  not applicable: {err}")
+    return "\n".join(rows)

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.config import MethodConfig
 from ..core.precision import PRECISIONS
 from ..methods.bottleneck import AdapterConfig
 from .distributed import STRATEGIES
@@ -26,7 +27,8 @@ class RunConfig:
     out: str = field(metadata=option("output folder (adapter, checkpoints, report)"))
     task: str = field(default="classification", metadata=option(choices=task_names()))
     model: str = field(default="minilm", metadata=option("built-in alias (minilm, smollm2) or a local HF folder"))
-    adapter: AdapterConfig | None = field(default_factory=AdapterConfig.pfeiffer)  # None: full fine-tuning
+    # any registered method's config (bottleneck, LoRA, (IA)³ ...); None: full fine-tuning
+    adapter: MethodConfig | None = field(default_factory=AdapterConfig.pfeiffer)
     name: str = field(default="adapter", metadata=option("adapter name", commands=("train",)))
     # extra modules that train (and are saved) with the head, e.g. bert.pooler
     train_modules: tuple[str, ...] = field(

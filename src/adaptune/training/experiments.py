@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..core.contract import METHODS
 from .config import RunConfig
-from .options import to_argv
+from .options import method_argv, to_argv
 from .tasks import task_named
 
 __all__ = ["COMPARE_OPTIONS", "PRESETS", "run_compare", "run_sweep", "train_command"]
@@ -143,9 +144,14 @@ def run_compare(a: argparse.Namespace) -> int:
                 out / "full-finetune",
             )
         )
-    for preset in a.presets:
-        extra = ["--preset", preset, "--reduction-factor", str(a.reduction_factor), *_train_modules(a)]
-        runs.append(_run(preset, train_command(a, out / preset, extra, a.adapter_lr), out / preset))
+    for method in getattr(a, "methods", ["bottleneck"]):
+        if method != "bottleneck":
+            extra = ["--method", method, *method_argv(a, METHODS[method]), *_train_modules(a)]
+            runs.append(_run(method, train_command(a, out / method, extra, a.adapter_lr), out / method))
+            continue
+        for preset in a.presets:
+            extra = ["--preset", preset, "--reduction-factor", str(a.reduction_factor), *_train_modules(a)]
+            runs.append(_run(preset, train_command(a, out / preset, extra, a.adapter_lr), out / preset))
     return _finish(a, f"adaptune compare: {a.data} with {a.model}", runs, pareto_plots=False)
 
 
@@ -153,6 +159,13 @@ def run_sweep(a: argparse.Namespace) -> int:
     """Short runs over placements x layer sets x reduction factors; table, plots, Pareto-best configs."""
     out = Path(a.out)
     runs = []
+    method = getattr(a, "method", "bottleneck")
+    if method != "bottleneck":  # the method's own options are fixed; the sweep runs over layer sets
+        for layers in a.layer_sets:
+            name, folder = f"{method}/{layers}", out / f"{method}_{layers.replace(':', '')}"
+            extra = ["--method", method, *method_argv(a, METHODS[method]), "--layers", layers, *_train_modules(a)]
+            runs.append(_run(name, train_command(a, folder, extra, a.adapter_lr), folder))
+        return _finish(a, f"adaptune sweep ({method}): {a.data} with {a.model}", runs, pareto_plots=True)
     for placement, layers, rf in itertools.product(a.placements, a.layer_sets, a.reduction_factors):
         name = f"{placement}/{layers}/rf{rf:g}"
         folder = out / f"{placement}_{layers.replace(':', '')}_rf{rf:g}"

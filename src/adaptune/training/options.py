@@ -10,7 +10,19 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["add_options", "checked", "on_off", "option", "positive_float", "positive_int", "probability", "to_argv"]
+__all__ = [
+    "add_method_options",
+    "add_options",
+    "checked",
+    "method_argv",
+    "method_options",
+    "on_off",
+    "option",
+    "positive_float",
+    "positive_int",
+    "probability",
+    "to_argv",
+]
 
 _KEY = "adaptune_option"
 
@@ -139,5 +151,41 @@ def to_argv(cls: type, values: Mapping[str, Any]) -> list[str]:
         elif isinstance(value, (tuple, list)):
             argv += [flag, *map(str, value)] if value else []
         else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def method_options(method: Any) -> dict[str, dataclasses.Field[Any]]:
+    """``--<method>-<field>`` flag -> field, for the fields of a registered method's config (``core.contract.Method``)
+    that carry ``metadata["help"]``: a method declares its command-line options on its own config."""
+    from ..core.config import MethodConfig
+
+    base = {f.name for f in dataclasses.fields(MethodConfig)}
+    return {
+        f"--{method.name}-{f.name.replace('_', '-')}": f
+        for f in dataclasses.fields(method.config_class)
+        if f.name not in base and "help" in f.metadata
+    }
+
+
+def add_method_options(parser: argparse.ArgumentParser, methods: Iterable[Any]) -> None:
+    """Every method's own options, one ``--help`` section per method; unset (``None``) unless given."""
+    for method in methods:
+        options = method_options(method)
+        if not options:
+            continue
+        group = parser.add_argument_group(f"{method.name} adapter (--method {method.name})")
+        for flag, f in options.items():
+            kind = type(f.default) if f.default is not None else str
+            text = f"{f.metadata['help']} (default: {f.default})"
+            group.add_argument(flag, type=kind, choices=f.metadata.get("choices"), help=text)
+
+
+def method_argv(args: argparse.Namespace, method: Any) -> list[str]:
+    """The ``--<method>-<field>`` options of ``method`` that ``args`` sets, as command-line arguments."""
+    argv: list[str] = []
+    for flag in method_options(method):
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value is not None:
             argv += [flag, str(value)]
     return argv
