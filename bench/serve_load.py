@@ -19,6 +19,8 @@ import asyncio
 import json
 import os
 import random
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -156,26 +158,87 @@ def summary(latencies: list[float], elapsed: float, tokens: int, errors: int) ->
     }
 
 
+WRK_SCRIPT = """
+local bodies = {}
+function init(args)
+  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
+  counter = tonumber(args[2]) or 0
+end
+function request()
+  counter = counter + 1
+  local body = bodies[(counter % #bodies) + 1]
+  return wrk.format("POST", "/v1/classify", {["Content-Type"] = "application/json"}, body)
+end
+"""
+
+
+def wrk_load(url: str, clients: int, seconds: float, bodies: list[dict[str, Any]]) -> dict[str, Any]:
+    """Closed-loop load from ``wrk`` (C, one thread: it leaves the cores to the server), after 3 s of warm-up."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    body_file, script = WORK / "bodies.jsonl", WORK / "classify.lua"
+    body_file.write_text("".join(json.dumps(b) + "\n" for b in bodies))
+    script.write_text(WRK_SCRIPT)
+
+    def run(duration: float) -> str:
+        cmd = [
+            "wrk",
+            "-t1",
+            f"-c{clients}",
+            f"-d{duration}s",
+            "--latency",
+            "--timeout",
+            "30s",
+            "-s",
+            str(script),
+            url,
+            "--",
+            str(body_file),
+            "0",
+        ]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 60).stdout
+
+    run(3)
+    out = run(seconds)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    elapsed = _seconds(re.search(r"requests in ([\d.]+\w+),", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = int(bad.group(1)) if bad else 0
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "requests": requests,
+        "errors": errors,
+        "socket_errors": socket_errors.group(1) if socket_errors else "",
+        "seconds": round(elapsed, 2),
+        "req_per_s": round(requests / elapsed, 2),
+        "p50_ms": round(_seconds(re.search(r"50%\s+([\d.]+\w+)", out).group(1)) * 1000, 1),
+        "p99_ms": round(_seconds(re.search(r"99%\s+([\d.]+\w+)", out).group(1)) * 1000, 1),
+    }
+
+
+def _seconds(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(\w+)", text).groups()
+    return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
+
+
 def bench_classify(precision: str, seconds: float) -> dict[str, Any]:
     folders = make_adapters("classify", 8)
     pool = texts()
     names = [f.name for f in folders]
-
-    def mixed(cid: int, i: int) -> dict[str, Any]:
-        return {"adapter": names[(cid + i) % len(names)], "texts": [pool[(cid * 7919 + i) % len(pool)]]}
-
-    def single(cid: int, i: int) -> dict[str, Any]:
-        return {"adapter": names[0], "texts": [pool[(cid * 7919 + i) % len(pool)]]}
-
-    out: dict[str, Any] = {}
+    mixed = [{"adapter": names[i % len(names)], "texts": [pool[(i * 7919) % len(pool)]]} for i in range(4000)]
+    single = [{"adapter": names[0], "texts": [b["texts"][0]]} for b in mixed]
+    out: dict[str, Any] = {"load generator": "wrk" if shutil.which("wrk") else "httpx (Python)"}
     with ServerProcess(folders, precision, ["--max-batch", "32", "--max-wait-ms", "5"]) as srv:
-        for label, clients, body in (
+        for label, clients, bodies in (
             ("1 client, one at a time, mixed", 1, mixed),
             ("8 clients, mixed over 8 adapters", 8, mixed),
             ("32 clients, mixed over 8 adapters", 32, mixed),
             ("32 clients, one adapter", 32, single),
         ):
-            out[label] = asyncio.run(closed_loop(srv.url, clients, seconds, body, "/v1/classify"))
+            if shutil.which("wrk"):
+                out[label] = wrk_load(srv.url, clients, seconds, bodies)
+            else:
+                body = lambda c, i, b=bodies: b[(c * 131 + i) % len(b)]  # noqa: E731
+                out[label] = asyncio.run(closed_loop(srv.url, clients, seconds, body, "/v1/classify"))
             print(precision, label, out[label], flush=True)
         out["server_peak_rss_mib"] = round(srv.rss_mib(), 1)
     return out

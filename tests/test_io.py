@@ -160,12 +160,12 @@ def test_file_without_method_loads_as_bottleneck(tmp_path: Path, ids: torch.Tens
     ("edit", "needle"),
     [
         (
-            {"method": "lora"},
-            r"adapter_config\.json: field 'method' is 'lora', which is not a known adapter method "
+            {"method": "nonesuch"},
+            r"adapter_config\.json: field 'method' is 'nonesuch', which is not a known adapter method "
             r"\(known: bottleneck",
         ),
         ({"method": 3}, r"field 'method' is 3"),
-        ({"method": "lora", "config_method": "bottleneck"}, r"field 'method' is 'lora' but 'config.method'"),
+        ({"method": "nonesuch", "config_method": "bottleneck"}, r"field 'method' is 'nonesuch' but 'config.method'"),
     ],
 )
 def test_unknown_method_is_refused(tmp_path: Path, edit: dict, needle: str) -> None:

@@ -103,6 +103,16 @@ class AdapterModule(nn.Module):
         """Parameters this module adds to the model (``plan`` reports it before anything is attached)."""
         return sum(p.numel() for p in self.parameters())
 
+    @classmethod
+    def grouped(
+        cls, adapters: list[AdapterModule], x: torch.Tensor, residual: torch.Tensor, group: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Optional batched form of a ``PerExample`` batch: row ``b`` gets ``adapters[group[b]](x[b], residual[b])``
+        in a few large ops instead of one small forward per adapter (what a server mixing many adapters spends
+        its time on). ``None``: not available for these adapters (the slot then runs them one group at a time).
+        The adapters are all of this class and mode; nothing needs gradients."""
+        return None
+
 
 class MixerModule(nn.Module):
     """Base class of layers that combine several adapters at one place (AdapterFusion).

@@ -251,6 +251,9 @@ class AdapterSlot(nn.ModuleDict):
             groups.setdefault(setup, []).append(i)
         if len(groups) == 1:  # the whole batch shares one setup: no gather/scatter
             return self.apply_setup(setups[0], state)
+        fast = self._grouped(setups, groups, state)
+        if fast is not None:
+            return fast
         out = h
         for setup, rows in groups.items():  # one gather/scatter per distinct setup, not per example
             if setup is None:
@@ -258,6 +261,23 @@ class AdapterSlot(nn.ModuleDict):
             idx = torch.tensor(rows, device=h.device)
             out = out.index_copy(0, idx, self.apply_setup(setup, state.rows(idx)))
         return out
+
+    def _grouped(self, setups: tuple[Setup, ...], groups: dict[Setup, list[int]], state: ForwardState) -> Any:
+        """Every row runs one plain adapter of the same method and mode here: the method's ``grouped`` form (one
+        batched computation for all rows) when it has one; ``None`` otherwise."""
+        names = list(groups)
+        if state.before_host or not all(isinstance(n, str) for n in names):
+            return None
+        adapters = [self._modules.get(n) for n in names]
+        if not all(isinstance(a, AdapterModule) and not a.merged for a in adapters):
+            return None
+        kind, mode = type(adapters[0]), adapters[0].mode  # type: ignore[union-attr]
+        if mode == "input" or any(type(a) is not kind or a.mode != mode for a in adapters):  # type: ignore[union-attr]
+            return None
+        index = {n: i for i, n in enumerate(names)}
+        group = torch.tensor([index[s] for s in setups], device=state.h.device)
+        x = self._adapter_input(adapters[0], state)  # type: ignore[arg-type]
+        return kind.grouped(adapters, x, state.h, group)  # type: ignore[arg-type]
 
     # block type -> its handler; a new block adds one entry here (and its nesting rule in composition.NESTING)
     HANDLERS: ClassVar[dict[type, Callable[[AdapterSlot, Any, ForwardState], torch.Tensor]]] = {

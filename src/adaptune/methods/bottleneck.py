@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..core.config import MethodConfig
@@ -214,6 +215,37 @@ class Bottleneck(AdapterModule):
             return base.add(self.up(z).to(base.dtype), alpha=float(self.scale))
         delta = self.branch(x).to(base.dtype)
         return delta if delta_only else base + delta
+
+    @classmethod
+    def grouped(
+        cls, adapters: list[AdapterModule], x: torch.Tensor, residual: torch.Tensor, group: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Plain bottlenecks of one size and activation: every adapter's down-projection in ONE matmul (the
+        concatenated weights; a few extra columns are cheaper than one call per adapter), each row keeps its own
+        adapter's slice, then one batched matmul through each row's up-projection."""
+        first = adapters[0]
+        assert isinstance(first, Bottleneck)
+        same = all(
+            isinstance(a, Bottleneck)
+            and a._plain()
+            and a.size == first.size
+            and a.out_width == first.out_width
+            and a.config.activation == first.config.activation
+            for a in adapters
+        )
+        if not same or torch.is_grad_enabled() or x.dim() != 3:
+            return None
+        down_w = torch.cat([a.down.weight for a in adapters])  # (G*r, d_in)
+        down_b = torch.cat([a.down.bias for a in adapters])
+        batch, tokens, _ = x.shape
+        z = F.linear(first._input(x), down_w, down_b)  # (B, T, G*r)
+        z = z.view(batch, tokens, len(adapters), first.size)[torch.arange(batch, device=x.device), :, group]
+        z = first.act(z)  # (B, T, r)
+        up_w = torch.stack([a.up.weight.t() for a in adapters])[group]  # (B, r, d_out)
+        up_b = torch.stack([a.up.bias for a in adapters])[group]  # (B, d_out)
+        scale = torch.stack([a.scale.reshape(()) for a in adapters])[group]  # (B,)
+        out = torch.baddbmm(up_b.unsqueeze(1).to(z.dtype), z, up_w.to(z.dtype))  # (B, T, d_out)
+        return residual + (out * scale.view(-1, 1, 1).to(out.dtype)).to(residual.dtype)
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         # Under autocast the matmuls run in its dtype whatever the weights are: casting a bf16 input up to the fp32

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -71,24 +71,50 @@ def _observe_batch(server: Server, rows: int, requests: int) -> None:
     server.metrics.batch_requests.observe(requests)
 
 
-def _install_guards(app: FastAPI, server: Server) -> None:
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+class Guard:
+    """API key and metrics for every HTTP request, as plain ASGI (Starlette's ``BaseHTTPMiddleware`` costs a task
+    group and a memory stream per request, which shows at hundreds of requests per second)."""
+
+    def __init__(self, app: Any, server: Server) -> None:
+        self.app, self.server = app, server
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
-        request.state.adapter = "none"
+        scope.setdefault("state", {})["adapter"] = "none"  # request.state.adapter: routes name the adapter used
+        status = 500
+        started = False
+
+        async def send_and_watch(message: dict[str, Any]) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+            await send(message)
+
         try:
-            if request.url.path not in OPEN_PATHS:
-                check_key(request, server.options.api_key)
-            response = await call_next(request)
-        except ServeError as err:
-            response = error_response(err.status, err.message, err.field)
+            if scope["path"] not in OPEN_PATHS:
+                check_key(Request(scope), self.server.options.api_key)
+            await self.app(scope, receive, send_and_watch)
         except Exception as err:  # answered here so that it is counted; the server goes on
-            log.exception("request failed")
-            response = error_response(500, f"internal error: {type(err).__name__}: {err}")
-        if request.url.path != "/metrics":
-            endpoint = request.scope.get("route").path if request.scope.get("route") else "unmatched"
-            server.metrics.observe(endpoint, request.state.adapter, response.status_code, time.perf_counter() - start)
-        return response
+            if isinstance(err, ServeError):
+                response = error_response(err.status, err.message, err.field)
+            else:
+                log.exception("request failed")
+                response = error_response(500, f"internal error: {type(err).__name__}: {err}")
+            if not started:
+                await response(scope, receive, send_and_watch)
+        finally:
+            if scope["path"] != "/metrics":
+                route = scope.get("route")
+                endpoint = getattr(route, "path", "unmatched")
+                adapter = scope["state"].get("adapter", "none")
+                self.server.metrics.observe(endpoint, adapter, status, time.perf_counter() - start)
+
+
+def _install_guards(app: FastAPI, server: Server) -> None:
+    app.add_middleware(Guard, server=server)
 
     @app.exception_handler(ServeError)
     async def serve_error(request: Request, err: ServeError) -> JSONResponse:

@@ -106,6 +106,7 @@ class Registry:
         self.model, self.task, self.precision, self.heads, self.lock = model, task, precision, heads, lock
         self.base_name = base_name
         self.entries: dict[str, Entry] = {}
+        self._adapters = list_adapters(model)  # the model's adapters, kept here: walking the modules per request costs
         self._refs_lock = threading.Lock()  # guards refcounts, taken without the model lock
 
     # ---- loading -------------------------------------------------------------------------------
@@ -126,6 +127,7 @@ class Registry:
         with self.lock:
             entry = self._load_locked(name, src, info)
         self.entries[entry.name] = entry
+        self._adapters = list_adapters(self.model)
         return entry
 
     def _load_locked(self, name: str | None, src: Path, info: dict[str, Any]) -> Entry:
@@ -208,7 +210,7 @@ class Registry:
             raise ServeError(404, f"'{field_name}': unknown adapter {unknown[0]!r}; loaded: {known}", field_name)
         setup = self._expand(node, field_name)
         try:
-            validate(setup, list_adapters(self.model))
+            validate(setup, self._adapters)
         except (ValueError, KeyError) as err:
             raise ServeError(400, f"'{field_name}': {err}", field_name) from None
         headed = [n for n in names if self.entries[n].has_head]
@@ -268,6 +270,7 @@ class Registry:
             self._delete(entry.owned, entry.fusions)
             if self.heads is not None:
                 self.heads.remove(entry.name)
+            self._adapters = list_adapters(self.model)
         self.entries.pop(entry.name, None)
 
     def _delete(self, owned: list[str], fusions: list[str]) -> None:
