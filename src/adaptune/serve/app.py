@@ -38,7 +38,7 @@ def create_app(server: Server) -> FastAPI:
             ),
             max_batch=server.options.max_batch,
             max_wait=server.options.max_wait_ms / 1000,
-            on_batch=lambda rows, reqs: _observe_batch(server, rows, reqs),
+            on_batch=lambda rows, reqs, seconds: _observe_batch(server, rows, reqs, seconds),
         )
         server.metrics.watch_queue("classify", lambda: batcher.depth)
 
@@ -66,8 +66,9 @@ def create_app(server: Server) -> FastAPI:
     return app
 
 
-def _observe_batch(server: Server, rows: int, requests: int) -> None:
+def _observe_batch(server: Server, rows: int, requests: int, seconds: float) -> None:
     server.metrics.batch_rows.labels("classify").observe(rows)
+    server.metrics.forward_seconds.labels("classify").observe(seconds)
     server.metrics.batch_requests.observe(requests)
 
 
@@ -190,22 +191,31 @@ def _install_routes(app: FastAPI, server: Server, batcher: ClassifyBatcher | Non
     async def classify(request: Request) -> dict[str, Any]:
         if batcher is None:
             raise ServeError(400, f"this server runs a {server.task} model; use /v1/completions", "adapter")
-        req = parse_body(ClassifyRequest, await read_json(request, options.max_body_bytes))
-        request.state.adapter = server.adapter_label(req.adapter)
-        _check_texts(server, req)
-        resolved = registry.resolve(req.adapter)
-        if resolved.head is None or not resolved.labels:
-            raise ServeError(400, f"adapter: {req.adapter!r} has no classification head", "adapter")
-        registry.acquire(resolved)
+        batcher.arriving += 1  # tells the batcher that company is on its way while this request is read
+        queued = False
         try:
-            job = ClassifyJob(req.texts, resolved, asyncio.get_running_loop().create_future())
-            rows = await batcher.submit(job)
-        except ServeError:
-            raise
-        except Exception as err:
-            raise ServeError(500, f"the batch this request ran in failed: {type(err).__name__}: {err}") from None
+            req = parse_body(ClassifyRequest, await read_json(request, options.max_body_bytes))
+            request.state.adapter = server.adapter_label(req.adapter)
+            _check_texts(server, req)
+            resolved = registry.resolve(req.adapter)
+            if resolved.head is None or not resolved.labels:
+                raise ServeError(400, f"adapter: {req.adapter!r} has no classification head", "adapter")
+            registry.acquire(resolved)
+            try:
+                job = ClassifyJob(req.texts, resolved, asyncio.get_running_loop().create_future(), req.truncate)
+                batcher.queue.put_nowait(job)
+                batcher.arriving -= 1
+                queued = True
+                rows = await job.future
+            except ServeError:
+                raise
+            except Exception as err:
+                raise ServeError(500, f"the batch this request ran in failed: {type(err).__name__}: {err}") from None
+            finally:
+                registry.release(resolved)
         finally:
-            registry.release(resolved)
+            if not queued:
+                batcher.arriving -= 1
         labels = resolved.labels
         results = []
         for probs in rows:
@@ -217,7 +227,8 @@ def _install_routes(app: FastAPI, server: Server, batcher: ClassifyBatcher | Non
 
 
 def _check_texts(server: Server, req: ClassifyRequest) -> None:
-    """Too many texts, empty texts, texts longer than the model accepts (413 unless ``truncate``)."""
+    """Too many texts, empty texts (texts longer than the model accepts are found in the batch thread, which
+    tokenizes the whole batch in one call, and fail their own request with a 413)."""
     if len(req.texts) > server.options.max_texts:
         raise ServeError(
             413, f"texts: {len(req.texts)} texts, at most {server.options.max_texts} per request", "texts"
@@ -225,16 +236,6 @@ def _check_texts(server: Server, req: ClassifyRequest) -> None:
     for i, text in enumerate(req.texts):
         if not text.strip():
             raise ServeError(400, f"texts[{i}]: empty text", f"texts[{i}]")
-    if req.truncate:
-        return
-    lengths = [len(ids) for ids in server.tokenizer(req.texts, add_special_tokens=True)["input_ids"]]
-    for i, n in enumerate(lengths):
-        if n > server.max_length:
-            raise ServeError(
-                413,
-                f'texts[{i}]: {n} tokens, the model accepts {server.max_length}; send "truncate": true to cut it',
-                f"texts[{i}]",
-            )
 
 
 def _check_admin(server: Server) -> None:

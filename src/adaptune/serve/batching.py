@@ -21,7 +21,7 @@ import torch
 
 from ..core.composition import PerExample
 from ..core.model import set_active
-from .registry import Registry, Resolved, tensor_device
+from .registry import Registry, Resolved, ServeError, tensor_device
 
 __all__ = ["ClassifyBatcher", "ClassifyJob", "classify_forward"]
 
@@ -30,42 +30,88 @@ log = logging.getLogger("adaptune.serve")
 
 @dataclass
 class ClassifyJob:
-    """One request: its texts and what they run with; ``future`` gets one probability row per text."""
+    """One request: its texts and what they run with; ``future`` gets one probability row per text.
+
+    ``truncate``: cut texts longer than the model accepts; otherwise such a text fails this job (413) alone.
+    """
 
     texts: list[str]
     resolved: Resolved
     future: asyncio.Future[list[torch.Tensor]]
+    truncate: bool = False
     queued_at: float = field(default_factory=time.perf_counter)
+
+
+# Rows per forward inside a batch: rows sorted by length run in chunks of at most this many, so a short text is not
+# padded to the longest of 32 (on this CPU two sorted halves of 32 reviews took ~15% less than one padded forward).
+CHUNK_ROWS = 16
 
 
 def classify_forward(
     registry: Registry, tokenizer: Any, jobs: Sequence[ClassifyJob], max_length: int, autocast: Callable[[], Any]
-) -> list[list[torch.Tensor]]:
-    """Run ``jobs`` as one forward; per job, the softmax probabilities of each text over its own labels (fp32)."""
-    texts = [t for j in jobs for t in j.texts]
-    setups = [j.resolved.setup for j in jobs for _ in j.texts]
-    heads = [j.resolved.head for j in jobs for _ in j.texts]
-    enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-    device = tensor_device(registry.model)
+) -> list[list[torch.Tensor] | ServeError]:
+    """Run ``jobs`` together; per job, the softmax probabilities of each text over its own labels (fp32), or the
+    ``ServeError`` of a job whose text is too long (the other jobs still run)."""
+    ids = tokenizer([t for j in jobs for t in j.texts], add_special_tokens=True)["input_ids"]
+    results: list[list[torch.Tensor] | ServeError] = []
+    rows: list[tuple[int, int, list[int]]] = []  # (job, text) -> token ids, for the jobs that run
+    flat = 0
+    for j, job in enumerate(jobs):
+        lengths = [len(x) for x in ids[flat : flat + len(job.texts)]]
+        too_long = [i for i, n in enumerate(lengths) if n > max_length]
+        if too_long and not job.truncate:
+            i = too_long[0]
+            results.append(_too_long(i, lengths[i], max_length))
+        else:
+            results.append([])
+            for i in range(len(job.texts)):
+                row = ids[flat + i]
+                if len(row) > max_length:  # the tokenizer's own truncation keeps the closing special tokens
+                    row = tokenizer(job.texts[i], truncation=True, max_length=max_length)["input_ids"]
+                rows.append((j, i, row))
+        flat += len(job.texts)
+    probs: dict[tuple[int, int], torch.Tensor] = {}
+    rows.sort(key=lambda r: len(r[2]))
+    n_chunks = max(1, -(-len(rows) // CHUNK_ROWS))
+    size = -(-len(rows) // n_chunks) if rows else 0
     with registry.lock:
-        # one setup for the whole batch skips the per-example gather/scatter
-        set_active(registry.model, setups[0] if len(set(setups)) == 1 else PerExample(setups))
-        bank = registry.heads
+        for start in range(0, len(rows), max(1, size)):
+            chunk = rows[start : start + size]
+            logits = _forward_rows(
+                registry, tokenizer, [jobs[j] for j, _, _ in chunk], [r for _, _, r in chunk], autocast
+            )
+            for (j, i, _), row in zip(chunk, logits, strict=True):
+                probs[(j, i)] = row[: len(jobs[j].resolved.labels or ())].softmax(-1)
+    for j, job in enumerate(jobs):
+        if not isinstance(results[j], ServeError):
+            results[j] = [probs[(j, i)] for i in range(len(job.texts))]
+    return results
+
+
+def _too_long(i: int, n: int, max_length: int) -> ServeError:
+    message = f'texts[{i}]: {n} tokens, the model accepts {max_length}; send "truncate": true to cut it'
+    return ServeError(413, message, f"texts[{i}]")
+
+
+def _forward_rows(
+    registry: Registry, tokenizer: Any, jobs: Sequence[ClassifyJob], rows: list[list[int]], autocast: Callable[[], Any]
+) -> torch.Tensor:
+    """One forward of token-id ``rows`` (row r runs ``jobs[r]``'s setup and head); fp32 logits, padded to the widest
+    head. Call with ``registry.lock`` held."""
+    enc = tokenizer.pad({"input_ids": rows}, return_tensors="pt")
+    setups = [j.resolved.setup for j in jobs]
+    # one setup for the whole chunk skips the per-example gather/scatter
+    set_active(registry.model, setups[0] if len(set(setups)) == 1 else PerExample(setups))
+    bank = registry.heads
+    if bank is not None:
+        bank.rows = [j.resolved.head for j in jobs]
+    device = tensor_device(registry.model)
+    try:
+        with torch.no_grad(), autocast():
+            return registry.model(**{k: v.to(device) for k, v in enc.items()}).logits.float()
+    finally:
         if bank is not None:
-            bank.rows = heads
-        try:
-            with torch.no_grad(), autocast():
-                logits = registry.model(**{k: v.to(device) for k, v in enc.items()}).logits.float()
-        finally:
-            if bank is not None:
-                bank.rows = None
-    out: list[list[torch.Tensor]] = []
-    row = 0
-    for job in jobs:
-        n_labels = len(job.resolved.labels or ())
-        out.append([logits[row + i, :n_labels].softmax(-1) for i in range(len(job.texts))])
-        row += len(job.texts)
-    return out
+            bank.rows = None
 
 
 class ClassifyBatcher:
@@ -74,20 +120,22 @@ class ClassifyBatcher:
     Args:
         run: ``classify_forward`` bound to the model (jobs -> per-job probability rows).
         max_batch: most texts per forward (a request with more runs alone).
-        max_wait: seconds the first request of a batch waits for company.
-        on_batch: called with (texts, requests) after each forward (metrics).
+        max_wait: seconds the first request of a batch waits for company, when company is on its way (requests
+            being read); a lone request runs at once.
+        on_batch: called with (texts, requests, seconds of the forward) after each forward (metrics).
     """
 
     def __init__(
         self,
-        run: Callable[[Sequence[ClassifyJob]], list[list[torch.Tensor]]],
+        run: Callable[[Sequence[ClassifyJob]], list[list[torch.Tensor] | ServeError]],
         max_batch: int,
         max_wait: float,
-        on_batch: Callable[[int, int], None] | None = None,
+        on_batch: Callable[[int, int, float], None] | None = None,
     ) -> None:
         self.run, self.max_batch, self.max_wait, self.on_batch = run, max_batch, max_wait, on_batch
         self.queue: asyncio.Queue[ClassifyJob] = asyncio.Queue()
         self._carry: ClassifyJob | None = None
+        self.arriving = 0  # requests past the HTTP layer, not yet queued (their handler counts them)
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptune-classify")
 
@@ -99,11 +147,6 @@ class ClassifyBatcher:
     def start(self) -> None:
         """Start the batching loop on the running event loop."""
         self._task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def submit(self, job: ClassifyJob) -> list[torch.Tensor]:
-        """Queue ``job`` and wait for its probability rows."""
-        await self.queue.put(job)
-        return await job.future
 
     async def stop(self) -> None:
         """Finish the queued requests, then stop (a SIGTERM drain)."""
@@ -121,6 +164,8 @@ class ClassifyBatcher:
         batch, texts = [first], len(first.texts)
         deadline = time.perf_counter() + self.max_wait
         while texts < self.max_batch:
+            if self.queue.empty() and self.arriving == 0:
+                break  # nobody else is on the way: waiting would only add latency
             remaining = deadline - time.perf_counter()
             try:
                 job = (
@@ -141,6 +186,7 @@ class ClassifyBatcher:
             batch = [j for j in await self._next_batch() if not j.future.done()]  # a client that left: skip
             if not batch:
                 continue
+            start = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._executor, self.run, batch)
             except Exception as err:  # fail this batch only; the next one runs
@@ -150,7 +196,11 @@ class ClassifyBatcher:
                         job.future.set_exception(err)
                 continue
             if self.on_batch is not None:
-                self.on_batch(sum(len(j.texts) for j in batch), len(batch))
+                self.on_batch(sum(len(j.texts) for j in batch), len(batch), time.perf_counter() - start)
             for job, rows in zip(batch, results, strict=True):
-                if not job.future.done():
+                if job.future.done():
+                    continue
+                if isinstance(rows, ServeError):
+                    job.future.set_exception(rows)
+                else:
                     job.future.set_result(rows)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 from torch.utils.hooks import RemovableHandle
@@ -42,6 +43,7 @@ class HeadBank:
         self._hooks: dict[str, RemovableHandle] = {}
         self._inside = False  # functional_call re-enters the hooked module: its hook must not run again
         self._modules = dict(model.named_modules())
+        self._stacked: dict[tuple[str, tuple[str | None, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def add(self, key: str, tensors: dict[str, torch.Tensor], source: str) -> None:
         """Register the head tensors (state-dict keys of ``model``) of adapter ``key``.
@@ -61,13 +63,33 @@ class HeadBank:
         if missing:
             raise ValueError(f"{source}: no trained head for {missing} (a classification adapter carries its head)")
         self._heads[key] = by_leaf
+        self._stacked.clear()
         for leaf in by_leaf:
             if leaf not in self._hooks:
                 self._hooks[leaf] = self._modules[leaf].register_forward_hook(self._make_hook(leaf))
 
+    def _linear_rows(
+        self, leaf: str, module: nn.Linear, x: torch.Tensor, rows: list[str | None], keys: list[str | None]
+    ) -> torch.Tensor:
+        """A linear head leaf for rows with different weights in one matmul: every version's weights side by side
+        (cached until the bank changes), then each row keeps its own version's slice."""
+        cache_key = (leaf, tuple(keys))
+        stacked = self._stacked.get(cache_key)
+        if stacked is None:
+            overrides = [self._heads[k][leaf] if k is not None else None for k in keys]
+            stacked = self._stacked[cache_key] = _stacked_linear(module, overrides)
+        weight, bias = stacked
+        index = {k: g for g, k in enumerate(keys)}
+        group = torch.tensor(
+            [index[k if k is not None and leaf in self._heads.get(k, {}) else None] for k in rows], device=x.device
+        )
+        out = F.linear(x, weight, bias).view(x.shape[0], len(keys), -1)  # (B, G, out_max)
+        return out[torch.arange(x.shape[0], device=x.device), group]
+
     def remove(self, key: str) -> None:
         """Forget adapter ``key``'s head (hooks stay: they stand aside for rows without an override)."""
         self._heads.pop(key, None)
+        self._stacked.clear()
 
     def cast(self, dtype: torch.dtype) -> None:
         """Store every head in ``dtype`` (the precision the model runs in)."""
@@ -75,6 +97,7 @@ class HeadBank:
             for params in leaves.values():
                 for name, value in params.items():
                     params[name] = value.to(dtype)
+        self._stacked.clear()
 
     def _make_hook(self, leaf: str) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
@@ -92,6 +115,8 @@ class HeadBank:
         for i, key in enumerate(rows):
             has = key is not None and leaf in self._heads.get(key, {})
             groups.setdefault(key if has else None, []).append(i)
+        if isinstance(module, nn.Linear) and x.dim() == 2 and len(groups) > 1:
+            return self._linear_rows(leaf, module, x, rows, list(groups))
         outs: list[tuple[list[int], torch.Tensor]] = []
         self._inside = True
         try:
@@ -108,6 +133,24 @@ class HeadBank:
         for idx, out in outs:
             result[idx, ..., : out.shape[-1]] = out.to(result.dtype)
         return result
+
+
+def _stacked_linear(
+    module: nn.Linear, overrides: list[dict[str, torch.Tensor] | None]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights of several versions of one linear (``None``: the module's own), each zero-padded to the widest
+    output and concatenated: (G * out_max, in) and (G * out_max,)."""
+    weights, biases = [], []
+    for params in overrides:
+        params = params or {}
+        weight = params.get("weight", module.weight)
+        bias = params.get("bias", module.bias)
+        weights.append(weight)
+        biases.append(bias if bias is not None else weight.new_zeros(weight.shape[0]))
+    widest = max(w.shape[0] for w in weights)
+    weight = torch.cat([F.pad(w, (0, 0, 0, widest - w.shape[0])) for w in weights])
+    bias = torch.cat([F.pad(b, (0, widest - b.shape[0])) for b in biases])
+    return weight, bias
 
 
 def _device(module: nn.Module) -> torch.device:

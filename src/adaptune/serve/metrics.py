@@ -34,6 +34,9 @@ class Metrics:
         self.batch_requests = Histogram(
             "adaptune_batch_requests", "requests per classification forward", buckets=ROW_BUCKETS, registry=r
         )
+        self.forward_seconds = Histogram(
+            "adaptune_forward_seconds", "time of one batched forward (decode: one step)", ("kind",), registry=r
+        )
         self.queue_depth = Gauge("adaptune_queue_depth", "requests waiting for a batch", ("kind",), registry=r)
         self.tokens = Counter("adaptune_generated_tokens", "completion tokens generated", ("adapter",), registry=r)
 
