@@ -184,7 +184,7 @@ def wrk_load(url: str, clients: int, seconds: float, bodies: list[dict[str, Any]
             "wrk",
             "-t1",
             f"-c{clients}",
-            f"-d{duration}s",
+            f"-d{round(duration)}s",
             "--latency",
             "--timeout",
             "30s",
@@ -256,7 +256,13 @@ def bench_generate(precision: str, requests_per_client: int) -> dict[str, Any]:
 
     def body(cid: int, i: int) -> dict[str, Any]:
         prompt = prompts[(cid + i) % len(prompts)]
-        return {"model": names[cid % len(names)], "prompt": prompt, "max_tokens": 32, "temperature": 0}
+        return {
+            "model": names[cid % len(names)],
+            "prompt": prompt,
+            "max_tokens": 32,
+            "temperature": 0,
+            "ignore_eos": True,
+        }
 
     out: dict[str, Any] = {}
     with ServerProcess(folders, precision, ["--gen-batch", "8"]) as srv:

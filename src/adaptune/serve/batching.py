@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from ..core.composition import PerExample
-from ..core.model import set_active
 from .registry import Registry, Resolved, ServeError, tensor_device
 
 __all__ = ["ClassifyBatcher", "ClassifyJob", "classify_forward"]
@@ -101,7 +100,7 @@ def _forward_rows(
     enc = tokenizer.pad({"input_ids": rows}, return_tensors="pt")
     setups = [j.resolved.setup for j in jobs]
     # one setup for the whole chunk skips the per-example gather/scatter
-    set_active(registry.model, setups[0] if len(set(setups)) == 1 else PerExample(setups))
+    registry.activate(setups[0] if len(set(setups)) == 1 else PerExample(setups))
     bank = registry.heads
     if bank is not None:
         bank.rows = [j.resolved.head for j in jobs]

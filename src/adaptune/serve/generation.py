@@ -112,6 +112,7 @@ class GenerationRequest:
     top_p: float = 1.0
     stop: Sequence[str] = ()
     seed: int | None = None
+    ignore_eos: bool = False  # run to max_tokens whatever the model emits (fixed-length load for benchmarks)
 
 
 class GenerationHandle:
@@ -198,6 +199,8 @@ class DecodeEngine:
             sets its own active setup under the same lock. None: a private lock.
         autocast: a zero-argument factory of the precision context every forward runs in (None: none).
         on_step: ``on_step(kind, batch_rows)`` after each successful forward, kind "prefill" or "decode".
+        activate: ``activate(setup)`` makes ``setup`` the model's active one (default ``set_active``; a server
+            passes one that skips the call when the setup is already active).
     """
 
     def __init__(
@@ -209,6 +212,7 @@ class DecodeEngine:
         lock: threading.Lock | None = None,
         autocast: Callable[[], AbstractContextManager[Any]] | None = None,
         on_step: Callable[[str, int], None] | None = None,
+        activate: Callable[[Any], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
@@ -218,6 +222,7 @@ class DecodeEngine:
         self._lock = lock if lock is not None else threading.Lock()
         self._autocast = autocast or contextlib.nullcontext
         self._on_step = on_step
+        self._activate = activate or (lambda setup: set_active(model, setup))
         self._eos = _eos_ids(tokenizer, model)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # The class's forward: instance wrappers (accelerate's device hooks) hide the parameter names.
@@ -427,7 +432,7 @@ class DecodeEngine:
             kwargs["logits_to_keep"] = 1
         device = self._device
         with self._lock, torch.no_grad(), self._autocast():
-            set_active(self.model, setup)  # inside the lock: other traffic sets its own setup under the same lock
+            self._activate(setup)  # inside the lock: other traffic sets its own setup under the same lock
             out = self.model(
                 input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), **kwargs
             )
@@ -474,7 +479,7 @@ class DecodeEngine:
             if job.done:
                 continue
             job.completion.append(token)
-            eos = token in self._eos
+            eos = token in self._eos and not job.request.ignore_eos
             reason = "stop" if eos else "length" if len(job.completion) >= job.request.max_tokens else None
             visible = job.completion[:-1] if eos else job.completion  # the EOS token has no text
             try:

@@ -98,6 +98,7 @@ async def _generate(server: Server, request: Request, req: Any, ids: list[int], 
         top_p=float(req.top_p),
         stop=req.stops(),
         seed=req.seed,
+        ignore_eos=req.ignore_eos,
     )
     try:
         handle = server.engine.submit(gen)

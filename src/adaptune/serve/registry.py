@@ -108,6 +108,7 @@ class Registry:
         self.entries: dict[str, Entry] = {}
         self._adapters = list_adapters(model)  # the model's adapters, kept here: walking the modules per request costs
         self._refs_lock = threading.Lock()  # guards refcounts, taken without the model lock
+        self._active: Any = None  # the setup the last forward activated (call ``activate`` with the lock held)
 
     # ---- loading -------------------------------------------------------------------------------
     def load(self, name: str | None, path: str | Path) -> Entry:
@@ -126,6 +127,7 @@ class Registry:
             raise ServeError(400, f"{src}: a {task} adapter; this server runs {self.task}", "path")
         with self.lock:
             entry = self._load_locked(name, src, info)
+            self._active = None  # new slots start inactive: the next forward sets its setup everywhere again
         self.entries[entry.name] = entry
         self._adapters = list_adapters(self.model)
         return entry
@@ -186,6 +188,13 @@ class Registry:
         if shared:
             # A fusion reusing adapters another entry loaded would lose them when that entry is unloaded.
             raise ServeError(409, f"{src}: uses adapters {shared} that another loaded entry already holds", "path")
+
+    def activate(self, setup: Any) -> None:
+        """``set_active`` unless ``setup`` is what the previous forward set (it walks every module: at one
+        decode step per token that showed). Call with ``lock`` held."""
+        if setup != self._active or setup is None:
+            set_active(self.model, setup)
+            self._active = setup
 
     # ---- resolving -----------------------------------------------------------------------------
     def resolve(self, text: Any, field_name: str = "adapter", allow_base: bool = False) -> Resolved:
@@ -266,7 +275,7 @@ class Registry:
     def finish_unload(self, entry: Entry) -> None:
         """Delete the entry's weights (call when its ``refs`` reached 0)."""
         with self.lock:
-            set_active(self.model, None)  # forwards set their own setup; nothing may still point at these
+            self.activate(None)  # forwards set their own setup; nothing may still point at these
             self._delete(entry.owned, entry.fusions)
             if self.heads is not None:
                 self.heads.remove(entry.name)
@@ -274,7 +283,7 @@ class Registry:
         self.entries.pop(entry.name, None)
 
     def _delete(self, owned: list[str], fusions: list[str]) -> None:
-        set_active(self.model, None)
+        self.activate(None)
         for f in fusions:
             delete_fusion(self.model, f)
         for a in owned:

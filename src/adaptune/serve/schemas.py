@@ -39,6 +39,7 @@ class _Sampling(BaseModel):
     stream: StrictBool = False
     seed: StrictInt | None = None
     n: StrictInt = Field(1, ge=1, le=1, description="one choice per request")
+    ignore_eos: StrictBool = Field(False, description="extension (as in vLLM): generate max_tokens tokens")
 
     def stops(self) -> list[str]:
         """``stop`` as a list."""

@@ -104,6 +104,7 @@ class Server:
                 lock=self.lock,
                 autocast=self.autocast,
                 on_step=lambda kind, rows: self.metrics.batch_rows.labels(kind).observe(rows),
+                activate=self.registry.activate,
             )
             self.metrics.watch_queue("generation", lambda: self.engine.queue_depth)
 
