@@ -96,3 +96,24 @@ def test_grouped_refuses_mixed_sizes() -> None:
     for row, name in enumerate(("small", "big")):
         adaptune.set_active(model, name)
         torch.testing.assert_close(batched[row : row + 1], logits(model, ids[row : row + 1]), atol=1e-5, rtol=0)
+
+
+def test_grouped_weights_cache_sees_in_place_updates_and_new_adapters() -> None:
+    model = _model("pfeiffer")
+    ids = torch.randint(5, 100, (3, 6), generator=torch.Generator().manual_seed(4))
+    adaptune.set_active(model, PerExample(["a0", "a1", "a2"]))
+    before = logits(model, ids)
+    randomize(model, "a1", seed=99)  # in place, as an optimizer step or a load would
+    after = logits(model, ids)
+    assert not torch.allclose(before[1], after[1])
+    torch.testing.assert_close(before[[0, 2]], after[[0, 2]], atol=1e-6, rtol=0)
+    adaptune.set_active(model, "a1")
+    torch.testing.assert_close(after[1:2], logits(model, ids[1:2]), atol=1e-5, rtol=0)
+    adaptune.set_active(model, None)
+    adaptune.delete_adapter(model, "a2")
+    adaptune.add_adapter(model, "a2", AdapterConfig.pfeiffer(), activate=False)  # same name, new weights
+    randomize(model, "a2", seed=7)
+    adaptune.set_active(model, PerExample(["a0", "a1", "a2"]))
+    fresh = logits(model, ids)
+    adaptune.set_active(model, "a2")
+    torch.testing.assert_close(fresh[2:3], logits(model, ids[2:3]), atol=1e-5, rtol=0)

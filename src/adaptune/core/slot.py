@@ -31,6 +31,9 @@ from .contract import AdapterModule, MixerModule
 
 __all__ = ["AdapterSlot", "ForwardState"]
 
+# Most adapters of one kind a slot hands to a method's grouped form at once (beyond: only those a batch uses).
+GROUPED_POOL = 32
+
 
 class ForwardState(NamedTuple):
     """What a composition reads at one call of the host, channels last.
@@ -264,7 +267,10 @@ class AdapterSlot(nn.ModuleDict):
 
     def _grouped(self, setups: tuple[Setup, ...], groups: dict[Setup, list[int]], state: ForwardState) -> Any:
         """Every row runs one plain adapter of the same method and mode here: the method's ``grouped`` form (one
-        batched computation for all rows) when it has one; ``None`` otherwise."""
+        batched computation for all rows) when it has one; ``None`` otherwise.
+
+        The adapters handed over are all of that kind in this slot (up to ``GROUPED_POOL``), in a fixed order, so
+        the method can keep their weights side by side between calls whatever subset a batch uses."""
         names = list(groups)
         if state.before_host or not all(isinstance(n, str) for n in names):
             return None
@@ -274,10 +280,15 @@ class AdapterSlot(nn.ModuleDict):
         kind, mode = type(adapters[0]), adapters[0].mode  # type: ignore[union-attr]
         if mode == "input" or any(type(a) is not kind or a.mode != mode for a in adapters):  # type: ignore[union-attr]
             return None
-        index = {n: i for i, n in enumerate(names)}
-        group = torch.tensor([index[s] for s in setups], device=state.h.device)
+        pool = [n for n, m in self.adapters().items() if type(m) is kind and m.mode == mode and not m.merged]
         x = self._adapter_input(adapters[0], state)  # type: ignore[arg-type]
-        return kind.grouped(adapters, x, state.h, group)  # type: ignore[arg-type]
+        for candidates in (pool, sorted(names)) if len(pool) <= GROUPED_POOL else (sorted(names),):
+            index = {n: i for i, n in enumerate(candidates)}
+            group = torch.tensor([index[s] for s in setups], device=state.h.device)  # type: ignore[index]
+            out = kind.grouped([self[n] for n in candidates], x, state.h, group)  # type: ignore[arg-type]
+            if out is not None:
+                return out
+        return None
 
     # block type -> its handler; a new block adds one entry here (and its nesting rule in composition.NESTING)
     HANDLERS: ClassVar[dict[type, Callable[[AdapterSlot, Any, ForwardState], torch.Tensor]]] = {

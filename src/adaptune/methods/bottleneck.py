@@ -134,6 +134,34 @@ def make_activation(name: str) -> nn.Module:
     return table[name]()
 
 
+# Side-by-side weights of adapter groups, keyed by the adapters' weight tensors (identity, storage, version
+# counter): any in-place update (an optimizer step, a load, a dtype change) makes a new key. An entry holds the
+# tensors it was built from, so their ids cannot be reused by new tensors while it lives. Bounded: old entries go.
+_STACKS: dict[tuple[Any, ...], tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = {}
+_STACKS_MAX = 256
+
+
+def _stacked(adapters: list[AdapterModule]) -> tuple[torch.Tensor, ...]:
+    """(down weights (G*r, d_in), down biases (G*r,), up weights (G, r, d_out), up biases (G, d_out), scales (G,))."""
+    tensors = tuple(t for a in adapters for t in (a.down.weight, a.down.bias, a.up.weight, a.up.bias, a.scale))
+    key = tuple((id(t), t.data_ptr(), t._version, t.dtype) for t in tensors)
+    found = _STACKS.get(key)
+    if found is not None:
+        return found[1]
+    with torch.no_grad():
+        stacked = (
+            torch.cat([a.down.weight for a in adapters]),
+            torch.cat([a.down.bias for a in adapters]),
+            torch.stack([a.up.weight.t() for a in adapters]),
+            torch.stack([a.up.bias for a in adapters]),
+            torch.stack([a.scale.reshape(()) for a in adapters]),
+        )
+    if len(_STACKS) >= _STACKS_MAX:
+        _STACKS.pop(next(iter(_STACKS)))
+    _STACKS[key] = (tensors, stacked)
+    return stacked
+
+
 class Bottleneck(AdapterModule):
     """A bottleneck adapter reading hidden states of width ``width`` and writing ``out_width``.
 
@@ -235,15 +263,12 @@ class Bottleneck(AdapterModule):
         )
         if not same or torch.is_grad_enabled() or x.dim() != 3:
             return None
-        down_w = torch.cat([a.down.weight for a in adapters])  # (G*r, d_in)
-        down_b = torch.cat([a.down.bias for a in adapters])
+        down_w, down_b, up_w, up_b, scale = _stacked(adapters)
         batch, tokens, _ = x.shape
         z = F.linear(first._input(x), down_w, down_b)  # (B, T, G*r)
         z = z.view(batch, tokens, len(adapters), first.size)[torch.arange(batch, device=x.device), :, group]
         z = first.act(z)  # (B, T, r)
-        up_w = torch.stack([a.up.weight.t() for a in adapters])[group]  # (B, r, d_out)
-        up_b = torch.stack([a.up.bias for a in adapters])[group]  # (B, d_out)
-        scale = torch.stack([a.scale.reshape(()) for a in adapters])[group]  # (B,)
+        up_w, up_b, scale = up_w[group], up_b[group], scale[group]  # (B, r, d_out), (B, d_out), (B,)
         out = torch.baddbmm(up_b.unsqueeze(1).to(z.dtype), z, up_w.to(z.dtype))  # (B, T, d_out)
         return residual + (out * scale.view(-1, 1, 1).to(out.dtype)).to(residual.dtype)
 

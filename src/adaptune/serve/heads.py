@@ -25,6 +25,9 @@ from torch.utils.hooks import RemovableHandle
 
 __all__ = ["HeadBank"]
 
+# Up to this many heads, a linear head leaf runs all of them side by side in one matmul; beyond, one call per head.
+MAX_STACKED = 32
+
 
 class HeadBank:
     """Per-adapter head tensors for ``model`` and the hooks that apply them row by row.
@@ -43,7 +46,8 @@ class HeadBank:
         self._hooks: dict[str, RemovableHandle] = {}
         self._inside = False  # functional_call re-enters the hooked module: its hook must not run again
         self._modules = dict(model.named_modules())
-        self._stacked: dict[tuple[str, tuple[str | None, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
+        # leaf -> (every version's weights side by side, their bias, head key -> version index)
+        self._stacked: dict[str, tuple[torch.Tensor, torch.Tensor, dict[str | None, int]]] = {}
 
     def add(self, key: str, tensors: dict[str, torch.Tensor], source: str) -> None:
         """Register the head tensors (state-dict keys of ``model``) of adapter ``key``.
@@ -68,22 +72,18 @@ class HeadBank:
             if leaf not in self._hooks:
                 self._hooks[leaf] = self._modules[leaf].register_forward_hook(self._make_hook(leaf))
 
-    def _linear_rows(
-        self, leaf: str, module: nn.Linear, x: torch.Tensor, rows: list[str | None], keys: list[str | None]
-    ) -> torch.Tensor:
-        """A linear head leaf for rows with different weights in one matmul: every version's weights side by side
-        (cached until the bank changes), then each row keeps its own version's slice."""
-        cache_key = (leaf, tuple(keys))
-        stacked = self._stacked.get(cache_key)
+    def _linear_rows(self, leaf: str, module: nn.Linear, x: torch.Tensor, rows: list[str | None]) -> torch.Tensor:
+        """A linear head leaf for rows with different weights in one matmul: the weights of every head that
+        overrides it, and the base's, side by side (built once per bank change), then each row keeps its own
+        version's slice. A few hundred unused output columns cost less than one small matmul per head."""
+        stacked = self._stacked.get(leaf)
         if stacked is None:
-            overrides = [self._heads[k][leaf] if k is not None else None for k in keys]
-            stacked = self._stacked[cache_key] = _stacked_linear(module, overrides)
-        weight, bias = stacked
-        index = {k: g for g, k in enumerate(keys)}
-        group = torch.tensor(
-            [index[k if k is not None and leaf in self._heads.get(k, {}) else None] for k in rows], device=x.device
-        )
-        out = F.linear(x, weight, bias).view(x.shape[0], len(keys), -1)  # (B, G, out_max)
+            keys: list[str | None] = [None, *(k for k, leaves in self._heads.items() if leaf in leaves)]
+            weight, bias = _stacked_linear(module, [self._heads[k][leaf] if k is not None else None for k in keys])
+            stacked = self._stacked[leaf] = (weight, bias, {k: g for g, k in enumerate(keys)})
+        weight, bias, index = stacked
+        group = torch.tensor([index.get(k, 0) for k in rows], device=x.device)  # 0: the base's own weights
+        out = F.linear(x, weight, bias).view(x.shape[0], len(index), -1)  # (B, heads + 1, out_max)
         return out[torch.arange(x.shape[0], device=x.device), group]
 
     def remove(self, key: str) -> None:
@@ -115,8 +115,8 @@ class HeadBank:
         for i, key in enumerate(rows):
             has = key is not None and leaf in self._heads.get(key, {})
             groups.setdefault(key if has else None, []).append(i)
-        if isinstance(module, nn.Linear) and x.dim() == 2 and len(groups) > 1:
-            return self._linear_rows(leaf, module, x, rows, list(groups))
+        if isinstance(module, nn.Linear) and x.dim() == 2 and len(groups) > 1 and len(self._heads) <= MAX_STACKED:
+            return self._linear_rows(leaf, module, x, rows)
         outs: list[tuple[list[int], torch.Tensor]] = []
         self._inside = True
         try:
