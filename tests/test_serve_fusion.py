@@ -1,5 +1,5 @@
 """A saved fusion (its adapters, fusion layers and head in one folder) served next to plain adapters: a mixed
-batch gives what the fusion gives alone, and a fusion reusing adapter names another entry holds is refused."""
+batch gives what the fusion gives alone, and loading the same fusion again under another name is refused, naming the clash."""
 
 from __future__ import annotations
 
@@ -66,5 +66,5 @@ def test_a_fusion_is_served_beside_adapters(tmp_path: Path) -> None:
     probs = torch.tensor([list(r["probabilities"].values()) for r in got["results"]])
     torch.testing.assert_close(probs, torch.stack(expected), atol=1e-5, rtol=0)
     assert list(got["results"][0]["probabilities"]) == FUSED_LABELS
-    assert refused.status_code == 409 and "already holds" in refused.json()["error"]["message"]
+    assert refused.status_code == 400 and "already exists" in refused.json()["error"]["message"]
     assert LABELS["sent"] == ["neg", "pos"]
