@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 INPUTS := pyproject.toml constraints.txt requirements-test.txt requirements-assets.txt
 
-.PHONY: test lint format demo bench clean
+.PHONY: test lint format demo bench bench-serve clean
 
 # The demo: a pfeiffer adapter on the real MiniLM + Rotten Tomatoes, then held-out evaluation.
 DEMO_OUT ?= runs/demo
@@ -51,6 +51,10 @@ $(AH_STAMP): bench/requirements-adapters.txt constraints.txt
 bench: $(STAMP) $(AH_STAMP)
 	$(BIN)/pip install -q --no-deps -r bench/requirements-bench.txt
 	HF_HUB_OFFLINE=1 $(BIN)/adaptune bench --adapters-python $(AH_VENV)/bin/python --out $(BENCH_OUT) $(BENCH_ARGS)
+
+# Load benchmark of `adaptune serve` (~12 min; wrk from Debian's packages if present, else a Python client).
+bench-serve: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/serve_load.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
