@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM
 
 import adaptune
 from adaptune import AdapterConfig, Stack
-from adaptune.serve.generation import DecodeEngine, GenerationEvent, GenerationHandle, GenerationRequest, _TextStream
+from adaptune.serve.generation import DecodeEngine, GenerationEvent, GenerationHandle, GenerationRequest
+from adaptune.serve.textstream import TextStream
 
 from .cli_fixtures import SPECIAL, make_tokenizer
 from .helpers import randomize
@@ -240,7 +241,7 @@ def byte_tokenizer() -> Any:
 def test_text_deltas_never_cut_a_character_and_hold_back_stop_starts() -> None:
     tok = byte_tokenizer()
     ids = tok.encode("café ok then", add_special_tokens=False)
-    stream = _TextStream(tok, tok.encode("I had a ", add_special_tokens=False), stop=["ok"])
+    stream = TextStream(tok, tok.encode("I had a ", add_special_tokens=False), stop=["ok"])
     deltas = [stream.update(ids[: k + 1], final=False) for k in range(len(ids))]
     stop_at = next(k for k, (_, stopped) in enumerate(deltas) if stopped)
     texts = [text for text, _ in deltas[: stop_at + 1]]

@@ -49,18 +49,19 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache
 
 from ..core.composition import Block, Fuse, PerExample, Stack, validate
 from ..core.model import list_adapters, set_active
 from ..methods.fusion import list_fusions
+from . import kvcache
+from .textstream import TextStream
 
 __all__ = ["DecodeEngine", "GenerationEvent", "GenerationHandle", "GenerationRequest"]
 
 log = logging.getLogger(__name__)
 
 _IDLE_WAIT_S = 1.0  # the worker re-checks its state at least this often while idle (no busy-waiting)
-_CONTEXT_TOKENS = 4  # prompt tokens decoded before the completion, so its first word keeps its leading space
 
 
 @dataclass
@@ -134,54 +135,13 @@ class GenerationHandle:
         return self._cancelled.is_set()
 
 
-class _TextStream:
-    """A completion's text as it grows: deltas never cut a character, a stop string ends it, and a tail that could
-    begin a stop string is held back until it cannot (or the completion ends)."""
-
-    def __init__(self, tokenizer: Any, prompt_ids: list[int], stop: Sequence[str]) -> None:
-        self._tokenizer = tokenizer
-        # Decoding the completion after a few prompt tokens keeps its leading space (SentencePiece strips it at the
-        # start of a text), so prompt text + completion text reads as the decoded whole.
-        self._context = list(prompt_ids[-_CONTEXT_TOKENS:])
-        self._context_text: str | None = None  # decoded on first use, in the engine thread (submit stays cheap)
-        self._stop = [s for s in stop if s]
-        self._sent = 0  # characters already emitted
-
-    def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True)
-
-    def update(self, completion: list[int], final: bool) -> tuple[str, bool]:
-        """The new text to emit for ``completion`` (all ids so far) and whether a stop string ended it."""
-        if self._context_text is None:
-            self._context_text = self._decode(self._context)
-        # Decoding the whole completion each time (not token by token) is what keeps multi-byte characters intact.
-        whole = self._decode(self._context + completion)
-        context = self._context_text if whole.startswith(self._context_text) else None
-        text = whole[len(context) :] if context is not None else self._decode(completion)
-        hits = [i for i in (text.find(s) for s in self._stop) if i >= 0]
-        if hits:
-            text = text[: min(hits)]
-        elif not final:
-            text = self._held_back(text)
-        delta = text[self._sent :]
-        self._sent = max(self._sent, len(text))
-        return delta, bool(hits)
-
-    def _held_back(self, text: str) -> str:
-        """``text`` without an unfinished character (U+FFFD from a partial byte sequence) and without the longest
-        tail that is the start of a stop string."""
-        text = text.rstrip("\ufffd")
-        hold = max((k for s in self._stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-        return text[: len(text) - hold]
-
-
 @dataclass(eq=False)
 class _Job:
     """One request inside the engine."""
 
     request: GenerationRequest
     handle: GenerationHandle
-    text: _TextStream
+    text: TextStream
     generator: torch.Generator | None
     completion: list[int] = field(default_factory=list)
     length: int = 0  # real tokens of this row in the batched cache (= position of the next token fed)
@@ -266,7 +226,7 @@ class DecodeEngine:
         if setup is not request.setup:
             request = dataclasses.replace(request, setup=setup)
         handle = GenerationHandle(self._wake)
-        job = _Job(request, handle, _TextStream(self.tokenizer, request.prompt_ids, request.stop), _generator(request))
+        job = _Job(request, handle, TextStream(self.tokenizer, request.prompt_ids, request.stop), _generator(request))
         with self._cond:
             if not self._accepting:
                 raise RuntimeError("adaptune: the decode engine is stopped and accepts no requests")
@@ -381,18 +341,18 @@ class DecodeEngine:
         ids = torch.full((len(jobs), width), self._pad_id, dtype=torch.long)
         for i, job in enumerate(jobs):
             ids[i, width - len(job.request.prompt_ids) :] = torch.tensor(job.request.prompt_ids)
-        mask = _left_mask(lengths, width)
+        mask = kvcache.left_mask(lengths, width)
         positions = (torch.arange(width) - (width - lengths)[:, None]).clamp(min=0)  # (B, T); pads sit at 0
         cache = DynamicCache()
         try:
             logits = self._forward("prefill", jobs, cache, ids, mask, positions)
-            _check_cache(cache, len(jobs), width)
+            kvcache.check_cache(cache, len(jobs), width)
         except Exception as exc:
             self._fail(jobs, exc)  # the batch is untouched: its rows never saw this cache
             return
         for job, n in zip(jobs, lengths.tolist(), strict=True):
             job.length = n
-        _zero_padding(cache, mask)
+        kvcache.zero_padding(cache, mask)
         self._join(jobs, cache)
         self._advance(jobs, _sample(logits, jobs))
         self._retire()
@@ -403,7 +363,7 @@ class DecodeEngine:
         assert self._cache is not None  # rows always come with their cache
         lengths = torch.tensor([job.length for job in rows])
         ids = torch.tensor([[job.completion[-1]] for job in rows])
-        mask = _left_mask(lengths + 1, self._cache.get_seq_length() + 1)
+        mask = kvcache.left_mask(lengths + 1, self._cache.get_seq_length() + 1)
         try:
             logits = self._forward("decode", rows, self._cache, ids, mask, lengths[:, None])
         except Exception as exc:
@@ -453,8 +413,12 @@ class DecodeEngine:
         old_len, new_len = self._cache.get_seq_length(), cache.get_seq_length()
         total = max(old_len, new_len)
         for old, new in zip(self._cache.layers, cache.layers, strict=True):
-            old.keys = torch.cat([_left_pad(old.keys, total - old_len), _left_pad(new.keys, total - new_len)])
-            old.values = torch.cat([_left_pad(old.values, total - old_len), _left_pad(new.values, total - new_len)])
+            old.keys = torch.cat(
+                [kvcache.left_pad(old.keys, total - old_len), kvcache.left_pad(new.keys, total - new_len)]
+            )
+            old.values = torch.cat(
+                [kvcache.left_pad(old.values, total - old_len), kvcache.left_pad(new.values, total - new_len)]
+            )
         self._rows = [*self._rows, *jobs]
 
     def _retire(self) -> None:
@@ -585,40 +549,3 @@ def _draw(logits: torch.Tensor, temperature: float, top_p: float, generator: tor
         keep = sorted_probs.cumsum(0) - sorted_probs < top_p  # the smallest top set reaching top_p (>= 1 token)
         probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
     return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def _left_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
-    """(B, width) attention mask: 1 on each row's last ``lengths[i]`` columns."""
-    return (torch.arange(width) >= width - lengths[:, None]).long()
-
-
-def _left_pad(t: torch.Tensor, n: int) -> torch.Tensor:
-    """``t`` (B, H, T, D) with ``n`` zero columns prepended on the sequence axis."""
-    return t if n == 0 else torch.cat([t.new_zeros(*t.shape[:2], n, t.shape[3]), t], dim=2)
-
-
-def _zero_padding(cache: DynamicCache, mask: torch.Tensor) -> None:
-    """Zero the keys / values of padded columns: a fully masked pad query may have produced NaN there, and a NaN
-    key poisons a row's attention scores even where the mask hides it."""
-    pad = ~mask.bool()[:, None, :, None]  # (B, 1, T, 1)
-    for layer in cache.layers:
-        layer.keys = layer.keys.masked_fill(pad.to(layer.keys.device), 0)
-        layer.values = layer.values.masked_fill(pad.to(layer.values.device), 0)
-
-
-def _check_cache(cache: DynamicCache, rows: int, width: int) -> None:
-    """Raise TypeError unless the forward filled plain full-attention layers of (rows, H, width, D)."""
-    layers = cache.layers
-    ok = bool(layers) and all(
-        type(layer) is DynamicLayer
-        and isinstance(getattr(layer, "keys", None), torch.Tensor)
-        and layer.keys.dim() == 4
-        and tuple(layer.keys.shape[::2]) == (rows, width)
-        for layer in layers
-    )
-    if not ok:
-        kinds = sorted({type(layer).__name__ for layer in layers}) or ["nothing"]
-        raise TypeError(
-            f"adaptune: the decode engine needs a model that fills a DynamicCache with full-attention layers of "
-            f"(batch, heads, tokens, dim); this model left {kinds}"
-        )
