@@ -9,6 +9,9 @@ Where a method does not apply:
 - (IA)³'s FFN scaling needs a linear FFN output projection; Mixtral's experts are fused ``nn.Parameter`` tensors
   (no linear), so on mixtral (IA)³ scales keys and values only (``targets="kv"``). qwen2_moe's scaling lands
   on its shared expert's ``down_proj`` only (the routed experts are fused).
+- Compacter (``test_compacter_matrix``) is a bottleneck with PHM projections: it is not linear in its input, so
+  there is no merge; identity at init comes from the up-projection's zero right factor and bias, so the first
+  optimiser step reaches only those (the rule and the down-projection get gradients once they are non-zero).
 - Merging needs a dense weight: SqueezeBERT's projections are grouped 1x1 ``nn.Conv1d`` (groups=4), so LoRA and
   (IA)³ run there unmerged and ``merge_adapter`` refuses with the reason (checked below).
 """
@@ -21,7 +24,7 @@ import pytest
 import torch
 
 import adaptune
-from adaptune import IA3Config, LoraConfig
+from adaptune import CompacterConfig, IA3Config, LoraConfig
 
 from .tiny_models import MODEL_TYPES, build_model, make_inputs, output_tensors
 
@@ -95,6 +98,44 @@ def test_matrix(model_type: str, method: str, tmp_path: Path) -> None:
         adaptune.unmerge_adapter(model, "a")
         assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters() if n in weights), "unmerge"
         assert_same(run(model, inputs), adapted, "unmerged")
+
+    adaptune.save_adapter(model, "a", tmp_path / "a")
+    fresh = build_model(model_type, seed=0)
+    adaptune.load_adapter(fresh, tmp_path / "a")
+    assert_same(run(fresh, inputs), adapted, "save -> load")
+
+    adaptune.set_active(model, None)
+    adaptune.delete_adapter(model, "a")
+    assert_same(run(model, inputs), base, "after delete")
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_compacter_matrix(model_type: str, tmp_path: Path) -> None:
+    """Compacter (Houlsby placement, shared rule): identity, fires, trains only its own tensors, save -> load
+    exact with one copy of the shared rule, delete restores the base."""
+    model = build_model(model_type, seed=0)
+    inputs = make_inputs(model_type)
+    base = run(model, inputs)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    targets = adaptune.add_adapter(model, "a", CompacterConfig())
+    assert targets
+    assert_same(run(model, inputs), base, "new adapter")
+    assert adaptune.check_adapters_fire(model, **inputs) == []
+
+    changed = train_step(model, inputs)
+    own = {n for n in changed if ".adapters.a." in n}
+    assert changed == own, sorted(changed - own)
+    modules = adaptune.adapter_modules(model, "a")
+    expected = {f"{p}.{k}" for p, m in modules.items() for k, _ in m.named_parameters()}
+    assert sum(k.endswith(".phm_rule") for k in expected) == 1  # the shared rule: one tensor, at the first place
+    wanted = {n for n in expected if n.endswith((".up.W_right", ".up.b"))}  # the rest are 0-gradient at step 1
+    assert wanted <= changed, f"no gradient reached {sorted(wanted - changed)[:3]}"
+    train_step(model, inputs)  # now the rule, the down-projection and up.W_left move too
+    model.zero_grad(set_to_none=True)
+    adapted = run(model, inputs)
+    assert any(not torch.equal(x, y) for x, y in zip(adapted, base, strict=True))
 
     adaptune.save_adapter(model, "a", tmp_path / "a")
     fresh = build_model(model_type, seed=0)

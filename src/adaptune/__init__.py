@@ -50,6 +50,7 @@ from .core.model import (
     trainable_summary,
 )
 from .methods.bottleneck import AdapterConfig, Bottleneck
+from .methods.compacter import CompacterConfig
 from .methods.ia3 import IA3Config
 from .methods.lora import LoraConfig
 from .methods.merge import merge_adapter, unmerge_adapter
@@ -61,6 +62,7 @@ __all__ = [
     "Average",
     "Block",
     "Bottleneck",
+    "CompacterConfig",
     "Fuse",
     "Fusion",
     "IA3Config",

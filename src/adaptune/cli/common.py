@@ -84,11 +84,16 @@ def adapter_config_from_args(a: argparse.Namespace) -> MethodConfig:
 
 
 def _method_config_from_args(a: argparse.Namespace, method: Method) -> MethodConfig:
-    bottleneck_only = ("placement", "bottleneck_size", "activation", "scaling")
+    # A method that adapts single projections (LoRA, (IA)³) ignores --placement; one placed like a bottleneck
+    # (Compacter: --placement ffn is Compacter++) takes it.
+    placed = method.config_class().projections() is None
+    bottleneck_only = ("bottleneck_size", "activation", "scaling") + (() if placed else ("placement",))
     if given := [k for k in bottleneck_only if getattr(a, k, None) is not None]:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise ValueError(f"{flags}: bottleneck options; --method {method.name} takes the --{method.name}-* options")
     kwargs: dict[str, Any] = {k: getattr(a, k) for k in ("layers", "target_modules") if getattr(a, k, None)}
+    if placed and getattr(a, "placement", None):
+        kwargs["placement"] = a.placement
     for flag, f in method_options(method).items():
         value = getattr(a, flag[2:].replace("-", "_"), None)
         if value is not None:

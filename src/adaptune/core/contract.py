@@ -52,6 +52,7 @@ __all__ = [
     "method_for",
     "method_named",
     "register_method",
+    "share_parameters",
 ]
 
 # The slot modes (how the slot calls an adapter; ``Target.mode``).
@@ -136,12 +137,17 @@ class Method:
         config_class: the method's ``MethodConfig`` subclass.
         build: ``(target, config) -> AdapterModule`` for one place.
         modes: the slot modes the method supports (``Target.mode``).
+        share: optional; called once with all the modules of one new adapter (in target order, after they are
+            built and moved to their device and dtype) so a method can share parameters across places
+            (Compacter's rule matrices). The first module keeps a shared tensor in its ``state_dict``; the others
+            must not list it, so saved files hold one copy and loading fills it once.
     """
 
     name: str
     config_class: type[MethodConfig]
     build: Callable[[Target, Any], AdapterModule]
     modes: tuple[str, ...] = MODES
+    share: Callable[[list[AdapterModule]], None] | None = None
 
 
 METHODS: dict[str, Method] = {}
@@ -225,3 +231,10 @@ def build_adapter(target: Target, config: MethodConfig) -> AdapterModule:
             f"(it supports {', '.join(method.modes)}); pick another placement"
         )
     return method.build(target, config)
+
+
+def share_parameters(modules: list[AdapterModule], config: MethodConfig) -> None:
+    """Let ``config``'s method share parameters across one adapter's modules (``Method.share``), if it does."""
+    method = method_for(config)
+    if method.share is not None and modules:
+        method.share(modules)

@@ -17,7 +17,7 @@ from torch import nn
 
 from .composition import Stack, adapter_names, validate
 from .config import MethodConfig
-from .contract import AdapterModule, MixerModule, build_adapter, default_config
+from .contract import AdapterModule, MixerModule, build_adapter, default_config, share_parameters
 from .placement import Target, find_targets
 from .slot import AdapterSlot
 
@@ -117,6 +117,7 @@ def add_adapter(
         raise ValueError(f"an adapter or fusion named {name!r} already exists; delete it first or pick another name")
     targets = find_targets(model, config)
     current = active_setup(model)  # new slots join the model-wide active setup
+    built: list[AdapterModule] = []
     for t in targets:
         host = model.get_submodule(t.module)
         slot = getattr(host, "adapters", None)
@@ -135,6 +136,8 @@ def add_adapter(
         ref = next(host.parameters(), None)
         adapter = build_adapter(t, config).to(device=ref.device if ref is not None else None, dtype=dtype)
         slot[name] = adapter.train(host.training)
+        built.append(adapter)
+    share_parameters(built, config)
     if activate:
         set_active(model, [name])
     return targets
@@ -336,7 +339,9 @@ def plan(model: nn.Module, config: MethodConfig | None = None) -> Plan:
     """Where ``config`` would put adapters in ``model`` and how many parameters each adds."""
     config = config or default_config()
     targets = find_targets(model, config)
-    counts = [build_adapter(t, config).num_parameters() for t in targets]
+    modules = [build_adapter(t, config) for t in targets]
+    share_parameters(modules, config)  # a parameter shared across places counts once, at the first
+    counts = [m.num_parameters() for m in modules]
     return Plan(targets, counts, trainable_summary(model).total)
 
 

@@ -177,8 +177,17 @@ def add_method_options(parser: argparse.ArgumentParser, methods: Iterable[Any]) 
         group = parser.add_argument_group(f"{method.name} adapter (--method {method.name})")
         for flag, f in options.items():
             kind = type(f.default) if f.default is not None else str
+            kind = _parse_bool if kind is bool else kind  # argparse's bool("false") would be True
             text = f"{f.metadata['help']} (default: {f.default})"
             group.add_argument(flag, type=kind, choices=f.metadata.get("choices"), help=text)
+
+
+def _parse_bool(text: str) -> bool:
+    """``true`` / ``false`` (also ``1`` / ``0``, ``yes`` / ``no``) for a method's boolean option."""
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
 
 
 def method_argv(args: argparse.Namespace, method: Any) -> list[str]:
