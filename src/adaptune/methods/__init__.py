@@ -6,8 +6,7 @@ line a new method adds outside its own file. What that file must provide is writ
 """
 
 from ..core.contract import register_method
-from . import prefix, prompt
-from . import bottleneck, compacter, ia3, lora
+from . import bottleneck, compacter, ia3, lora, prefix, prompt
 
 register_method(bottleneck.METHOD)
 register_method(lora.METHOD)
