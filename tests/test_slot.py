@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import adaptune
-from adaptune import AdapterConfig, Average, Fuse, PerExample, Stack
+from adaptune import AdapterConfig, Average, Fuse, Parallel, PerExample, Stack
 from adaptune.core.contract import AdapterModule
 from adaptune.core.slot import AdapterSlot, ForwardState
 
@@ -142,4 +142,4 @@ def test_dispatch_uses_the_handler_table() -> None:
         torch.testing.assert_close(slot.apply_setup(Name("a"), ForwardState(h)), slot["a"](h))
         with pytest.raises(TypeError, match="unknown composition block 3"):
             slot.apply_setup(3, ForwardState(h))  # type: ignore[arg-type]
-    assert set(AdapterSlot.HANDLERS) == {str, Stack, Average, Fuse, PerExample}  # every block has a handler
+    assert set(AdapterSlot.HANDLERS) == {str, Stack, Average, Fuse, PerExample, Parallel}  # every block has one

@@ -13,7 +13,8 @@ from .version import __version__  # noqa: I001 (first: every layer reads it)
 from . import methods  # noqa: F401 (registers the adapter methods with the core)
 from .core.base_dropout import set_base_dropout
 from .core.precision import Precision, autocast, resolve_precision, set_precision
-from .core.composition import Average, Fuse, PerExample, Stack
+from .core.composition import Average, Fuse, Parallel, PerExample, Stack
+from .core.parallel import split_parallel
 from .core.config import MethodConfig, parse_layers
 from .methods.fusion import (
     Fusion,
@@ -54,8 +55,6 @@ from .methods.compacter import CompacterConfig
 from .methods.ia3 import IA3Config
 from .methods.lora import LoraConfig
 from .methods.merge import merge_adapter, unmerge_adapter
-from .methods.prefix import PrefixConfig, fold_prefix
-from .methods.prompt import PromptConfig
 from .core.placement import Block, Target, find_blocks, find_targets
 
 __all__ = [
@@ -70,12 +69,11 @@ __all__ = [
     "IA3Config",
     "LoraConfig",
     "MethodConfig",
+    "Parallel",
     "ParamSummary",
     "PerExample",
     "Plan",
     "Precision",
-    "PrefixConfig",
-    "PromptConfig",
     "Stack",
     "Target",
     "__version__",
@@ -94,7 +92,6 @@ __all__ = [
     "find_blocks",
     "find_targets",
     "fingerprint",
-    "fold_prefix",
     "fusion_modules",
     "fusion_value_loss",
     "head_modules",
@@ -116,6 +113,7 @@ __all__ = [
     "set_adapter_drop",
     "set_base_dropout",
     "set_precision",
+    "split_parallel",
     "train_adapter",
     "train_fusion",
     "trainable_summary",

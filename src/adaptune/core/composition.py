@@ -4,10 +4,13 @@
     Fuse("a", "b", "c")                h' = h + Σ_i p_i · V(f_i(h))          attention over adapter outputs
     Average("a", "b", weights=(3, 1))  h' = h + Σ_i w_i · f_i(h), Σ w = 1    weights mean what they say
     PerExample(("a", None, "b"))       example j of the batch runs its own setup (None: no adapter)
+    Parallel("a", "b")                 every child runs on the whole batch in one pass; k·B output rows
 
 What may contain what (``NESTING``): a Stack holds adapters, Fuse, Average or Stack; Fuse holds adapters only
 (its attention weighs single adapter outputs); Average holds adapters or Stacks; PerExample holds adapters or
-any block, one per example, and nothing holds a PerExample. Anything else is refused when activated.
+any block, one per example, and nothing holds a PerExample; Parallel holds adapters, Stack, Fuse, Average or None
+(the bare base model), and nothing holds a Parallel (it changes the batch size of everything after it). Anything
+else is refused when activated.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ __all__ = [
     "Block",
     "Fuse",
     "Node",
+    "Parallel",
     "PerExample",
     "Setup",
     "Stack",
@@ -119,13 +123,29 @@ class PerExample(Block):
         return cls(children)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class Parallel(Block):
+    """Run every child on the same input in one forward pass; each returns its own output.
+
+    On a batch of B rows the model returns k·B rows, in block order: rows ``[i·B, (i+1)·B)`` are what the model
+    gives with child i alone (``core.parallel.split_parallel(tensor, k)`` cuts them apart). ``None`` as a child
+    is the bare base model. How the batch is replicated (at the first adapted block or at the model's entry) is
+    described in ``core.parallel``.
+    """
+
+    children: tuple[Node | None, ...]
+
+    def __init__(self, *children: Node | None) -> None:
+        object.__setattr__(self, "children", tuple(children))
+
+
 # What may stand where a setup is expected: an adapter name or a block that may be nested ...
 Node = str | Stack | Fuse | Average
-# ... and, at the top only, a PerExample, or None for "no adapters".
-Setup = Node | PerExample | None
+# ... and, at the top only, a PerExample or a Parallel, or None for "no adapters".
+Setup = Node | PerExample | Parallel | None
 
 # block type name -> class, for ``from_dict``
-BLOCKS: dict[str, type[Block]] = {cls.__name__: cls for cls in (Stack, Fuse, Average, PerExample)}
+BLOCKS: dict[str, type[Block]] = {cls.__name__: cls for cls in (Stack, Fuse, Average, PerExample, Parallel)}
 
 # block type -> the child kinds it may hold ("adapter" = a plain adapter name)
 NESTING: dict[str, tuple[str, ...]] = {
@@ -133,6 +153,7 @@ NESTING: dict[str, tuple[str, ...]] = {
     "Fuse": ("adapter",),
     "Average": ("adapter", "Stack"),
     "PerExample": ("adapter", "Stack", "Fuse", "Average", "none"),
+    "Parallel": ("adapter", "Stack", "Fuse", "Average", "none"),
 }
 
 
@@ -157,7 +178,11 @@ def validate(node: Any, known: list[str]) -> None:
         raise ValueError(f"{kind} needs at least one child")
     for child in node.children:
         if _kind(child) not in NESTING[kind]:
-            raise ValueError(f"{kind} cannot contain {_kind(child)} ({child!r}); allowed: {', '.join(NESTING[kind])}")
+            top = " (PerExample and Parallel change which rows run what: they stand only at the top)"
+            hint = top if _kind(child) in ("PerExample", "Parallel") else ""
+            raise ValueError(
+                f"{kind} cannot contain {_kind(child)} ({child!r}); allowed: {', '.join(NESTING[kind])}{hint}"
+            )
         if child is not None:
             validate(child, known)
 
@@ -195,18 +220,19 @@ def from_dict(data: Any) -> Setup:
     return BLOCKS[data["type"]].from_parts([from_dict(c) for c in raw], data)  # type: ignore[return-value]
 
 
-def parse(text: str) -> Node:
-    """Read ``"Stack(lang, Fuse(a, b))"``, ``"Average(a, b)"``, ``"Average(a:3, b:1)"`` or a plain name."""
+def parse(text: str) -> Node | Parallel:
+    """Read ``"Stack(lang, Fuse(a, b))"``, ``"Average(a, b)"``, ``"Average(a:3, b:1)"``, ``"Parallel(a, b)"`` or a
+    plain name (where a Parallel may stand is checked on activation, as for every block)."""
     tokens = [t for t in re.split(r"\s*([(),:])\s*", text.strip()) if t]
     pos = 0
 
-    def node() -> Node:
+    def node() -> Any:
         nonlocal pos
         if pos >= len(tokens):
             raise ValueError(f"composition {text!r}: unexpected end")
         tok = tokens[pos]
         pos += 1
-        if tok in ("Stack", "Fuse", "Average") and pos < len(tokens) and tokens[pos] == "(":
+        if tok in ("Stack", "Fuse", "Average", "Parallel") and pos < len(tokens) and tokens[pos] == "(":
             pos += 1
             children: list[Node] = []
             weights: list[float] = []
@@ -227,12 +253,14 @@ def parse(text: str) -> Node:
                 return Stack(*children)
             if tok == "Fuse":
                 return Fuse(*children)  # type: ignore[arg-type]
+            if tok == "Parallel":
+                return Parallel(*children)
             return Average(*children, weights=tuple(weights) if weights else None)
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", tok):
             raise ValueError(f"composition {text!r}: unexpected {tok!r}")
         return tok
 
-    result = node()
+    result: Node | Parallel = node()
     if pos != len(tokens):
         raise ValueError(f"composition {text!r}: unexpected {tokens[pos]!r}")
     return result

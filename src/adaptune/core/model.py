@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .composition import Stack, adapter_names, validate
+from .composition import Parallel, Stack, adapter_names, validate
 from .config import MethodConfig
-from .contract import AdapterModule, MixerModule, ModelAdapter, build_adapter, default_config, share_parameters
+from .contract import AdapterModule, MixerModule, build_adapter, default_config, share_parameters
+from .parallel import install_parallel, remove_parallel
 from .placement import Target, find_targets
 from .slot import AdapterSlot
 
@@ -133,17 +134,15 @@ def add_adapter(
             slot.attach_input_module(input_module)
         if t.mode == "input":
             slot.attach_input_hook(host)
-        elif t.mode == "model":
-            slot.attach_model_hook(host)
         ref = next(host.parameters(), None)
         adapter = build_adapter(t, config).to(device=ref.device if ref is not None else None, dtype=dtype)
         slot[name] = adapter.train(host.training)
-        if isinstance(adapter, ModelAdapter):
-            adapter.attach(host)
         built.append(adapter)
     share_parameters(built, config)
     if activate:
         set_active(model, [name])
+    elif isinstance(current, Parallel):  # new slots may change where the batch must be replicated
+        set_active(model, current)
     return targets
 
 
@@ -178,7 +177,10 @@ def delete_adapter(model: nn.Module, name: str) -> None:
 
 def set_active(model: nn.Module, setup: Any) -> None:
     """Choose what runs: an adapter name, a list of names (stacked in order), a composition block
-    (``Stack``, ``Fuse``, ``Average``, ``PerExample``) or ``None`` for the bare base model.
+    (``Stack``, ``Fuse``, ``Average``, ``PerExample``, ``Parallel``) or ``None`` for the bare base model.
+
+    A ``Parallel`` also hooks the model so the batch is replicated once per child (``core.parallel``); any other
+    setup removes those hooks.
 
     Raises:
         KeyError: an unknown adapter. ValueError: an invalid nesting or a Fuse without its fusion layer.
@@ -188,8 +190,15 @@ def set_active(model: nn.Module, setup: Any) -> None:
     if setup is not None:
         validate(setup, list_adapters(model))
         _check_fusions(model, setup)
-    for slot in adapter_slots(model).values():
+    slots = adapter_slots(model)
+    remove_parallel([getattr(slot, "parallel_router", None) for slot in slots.values()])  # older pickles: none
+    for slot in slots.values():
         slot.active = setup
+    router = None
+    if isinstance(setup, Parallel):  # replicate the batch k times before the first adapted place
+        router = install_parallel(model, setup, [slot.layer for slot in slots.values() if slot.running()])
+    for slot in slots.values():
+        slot.parallel_router = router
 
 
 def _check_fusions(model: nn.Module, node: Any) -> None:

@@ -10,7 +10,6 @@ active setup (a ``composition`` tree) to the host's output::
     parallel mode:  h  -> h + s·f(x)                (x = the FFN input)
     post_ln mode:   LN(v) -> LN(v + s·f(LN(v)))      (host = the sublayer's closing LayerNorm, v = x + h)
     input mode:     x  -> f(x), then the host runs   (a pre-hook on the host; (IA)³'s FFN scaling)
-    model mode:     kwargs -> f(model, kwargs)       (a pre-hook on the whole model; prompt / prefix tuning)
 
 The active setup runs twice per host call when input-mode adapters are present: once on the host's input (only
 input-mode adapters act, the others pass through) and once on its output (the other way round).
@@ -27,8 +26,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .composition import Average, Fuse, PerExample, Setup, Stack, adapter_names
-from .contract import AdapterModule, MixerModule, ModelAdapter
+from .composition import Average, Fuse, Parallel, PerExample, Setup, Stack, adapter_names
+from .contract import AdapterModule, MixerModule
 
 __all__ = ["AdapterSlot", "ForwardState"]
 
@@ -55,6 +54,11 @@ class ForwardState(NamedTuple):
         """The same state for the batch rows ``idx`` only."""
         return self._replace(h=self.h.index_select(0, idx), x=None if self.x is None else self.x.index_select(0, idx))
 
+    def chunk(self, start: int, length: int) -> ForwardState:
+        """The same state for the contiguous batch rows ``[start, start + length)`` (views, no copy)."""
+        x = None if self.x is None else self.x.narrow(0, start, length)
+        return self._replace(h=self.h.narrow(0, start, length), x=x)
+
 
 class AdapterSlot(nn.ModuleDict):
     """Adapters (and fusion layers) attached to one host module, plus the hooks that run them.
@@ -79,6 +83,9 @@ class AdapterSlot(nn.ModuleDict):
         self.drop_prob = 0.0  # AdapterDrop while training: skip with this probability per forward
         self.has_input_module = input_module is not None
         self.has_input_hook = False  # a pre-hook on the host runs input-mode adapters (attach_input_hook)
+        # The hooks that replicate the batch while a Parallel is active (core.parallel; shared by every slot,
+        # kept here so the model object itself gets no new attributes); typed loosely so slot does not import it.
+        self.parallel_router: Any = None
         # The FFN input, captured by the pre-hook and consumed by the forward hook of the same call. It is
         # the only state a forward touches, it never outlives one host call, and recomputation under
         # gradient checkpointing replays both hooks in the same order.
@@ -99,43 +106,6 @@ class AdapterSlot(nn.ModuleDict):
         if not self.has_input_hook:
             self.has_input_hook = True
             self._handles.append(host.register_forward_pre_hook(self._before_host))
-
-    def attach_model_hook(self, model: nn.Module) -> None:
-        """Run model-mode adapters (``ModelAdapter``) on ``model``'s keyword arguments before its forward."""
-        if not getattr(self, "has_model_hook", False):
-            self.has_model_hook = True
-            self._handles.append(model.register_forward_pre_hook(self._before_model, with_kwargs=True))
-
-    def _before_model(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        chain = self._model_chain(self.active) if self.active is not None and not self.skip else []
-        if not chain:
-            return None
-        if args:  # HF models take input_ids first; the adapters rewrite inputs by name
-            if len(args) > 1 or "input_ids" in kwargs:
-                raise TypeError(
-                    f"adaptune: prompt / prefix tuning read the model's inputs by keyword; got {len(args)} positional "
-                    "arguments (pass input_ids=..., attention_mask=... by name)"
-                )
-            kwargs = {"input_ids": args[0], **kwargs}
-        for name in chain:
-            kwargs = self[name](module, kwargs)
-        return (), kwargs
-
-    def _model_chain(self, node: Setup) -> list[str]:
-        """The model-mode adapters ``node`` runs here, in order. They rewrite the inputs every row shares (sequence
-        length, cache), so they may run alone or in a ``Stack``; any other block holding one is refused."""
-        if isinstance(node, str):
-            return [node] if isinstance(self._modules.get(node), ModelAdapter) else []
-        if isinstance(node, Stack):
-            return [name for child in node.children for name in self._model_chain(child)]
-        held = [n for n in adapter_names(node) if isinstance(self._modules.get(n), ModelAdapter)]
-        if held:
-            raise ValueError(
-                f"adaptune: {node!r} holds {held}: prompt / prefix tuning change the inputs the whole batch shares "
-                "(sequence length, attention cache), so they run alone or in a Stack only, not inside "
-                f"{type(node).__name__}"
-            )
-        return []
 
     def remove_hooks(self) -> None:
         """Detach from the host: the host then runs exactly as before the slot existed."""
@@ -191,7 +161,7 @@ class AdapterSlot(nn.ModuleDict):
         return t.transpose(1, 2) if self.channels_first else t
 
     def _after_host(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
-        modes = self._modes() - {"input", "model"} if self.active is not None else set()
+        modes = self._modes() - {"input"} if self.active is not None else set()
         if not modes:
             return None
         if isinstance(output, torch.Tensor):
@@ -328,6 +298,20 @@ class AdapterSlot(nn.ModuleDict):
                 return out
         return None
 
+    def _parallel(self, node: Parallel, state: ForwardState) -> torch.Tensor:
+        """Child i runs on rows ``[i·B, (i+1)·B)``: the batch reaches here already replicated k times
+        (``core.parallel`` repeats it at the first adapted block or at the model's entry)."""
+        k, rows = len(node.children), state.h.shape[0]
+        if rows % k:
+            raise RuntimeError(
+                f"adaptune: {node!r} needs k·B rows here but the hooked tensor has {rows}; was the batch replicated "
+                "(set_active installs that) or does this architecture flatten the batch here?"
+            )
+        b = rows // k
+        # Contiguous chunks are views, so one call per child costs no gather; PerExample's grouped form would run
+        # every child's down-projection on all k·B rows.
+        return torch.cat([self.apply_setup(c, state.chunk(i * b, b)) for i, c in enumerate(node.children)])
+
     # block type -> its handler; a new block adds one entry here (and its nesting rule in composition.NESTING)
     HANDLERS: ClassVar[dict[type, Callable[[AdapterSlot, Any, ForwardState], torch.Tensor]]] = {
         str: _adapter,
@@ -335,6 +319,7 @@ class AdapterSlot(nn.ModuleDict):
         Average: _average,
         Fuse: _fuse,
         PerExample: _per_example,
+        Parallel: _parallel,
     }
 
 
