@@ -55,6 +55,8 @@ from .methods.compacter import CompacterConfig
 from .methods.ia3 import IA3Config
 from .methods.lora import LoraConfig
 from .methods.merge import merge_adapter, unmerge_adapter
+from .methods.prefix import PrefixConfig, fold_prefix
+from .methods.prompt import PromptConfig
 from .core.placement import Block, Target, find_blocks, find_targets
 
 __all__ = [
@@ -74,6 +76,8 @@ __all__ = [
     "PerExample",
     "Plan",
     "Precision",
+    "PrefixConfig",
+    "PromptConfig",
     "Stack",
     "Target",
     "__version__",
@@ -92,6 +96,7 @@ __all__ = [
     "find_blocks",
     "find_targets",
     "fingerprint",
+    "fold_prefix",
     "fusion_modules",
     "fusion_value_loss",
     "head_modules",

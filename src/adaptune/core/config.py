@@ -57,6 +57,9 @@ class MethodConfig:
     """
 
     method: ClassVar[str] = ""
+    # The method rewrites the whole model's inputs (prompt / prefix tuning): one "model"-mode target at the model
+    # itself instead of places found by ``placement`` (``core.contract.ModelAdapter``).
+    whole_model: ClassVar[bool] = False
 
     placement: Placement = "ffn"
     layers: LayerSpec = None

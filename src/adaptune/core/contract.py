@@ -23,6 +23,13 @@ What a new method provides (one file under ``adaptune/methods/`` plus one ``regi
 
 Everything else (add / activate / train / delete / plan, composition, AdapterDrop, save / load with base
 checks) then works for the new method unchanged.
+
+Methods that change the model's *inputs* rather than a sublayer's output (prompt tuning prepends embeddings,
+prefix tuning pre-fills the key/value cache) set ``whole_model = True`` on their config. Placement then gives
+them one ``Target`` with mode ``"model"`` at the model itself (module ``""``, ``Target.shape`` the measured
+sizes); their module subclasses ``ModelAdapter``. The slot at the model root runs them in a forward pre-hook on
+the whole model's keyword arguments, alone or in a ``Stack`` (in order); other blocks holding them are refused
+at the forward with the rule in the message.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ __all__ = [
     "AdapterModule",
     "Method",
     "MixerModule",
+    "ModelAdapter",
     "build_adapter",
     "config_from_dict",
     "default_config",
@@ -56,7 +64,7 @@ __all__ = [
 ]
 
 # The slot modes (how the slot calls an adapter; ``Target.mode``).
-MODES: tuple[str, ...] = ("output", "parallel", "post_ln", "input")
+MODES: tuple[str, ...] = ("output", "parallel", "post_ln", "input", "model")
 # The method of a config written before configs named their method, and of ``add_adapter(model, name)``.
 DEFAULT_METHOD = "bottleneck"
 
@@ -113,6 +121,30 @@ class AdapterModule(nn.Module):
         its time on). ``None``: not available for these adapters (the slot then runs them one group at a time).
         The adapters are all of this class and mode; nothing needs gradients."""
         return None
+
+
+class ModelAdapter(AdapterModule):
+    """Base class of adapters of the whole model's inputs (slot mode ``"model"``): prompt and prefix tuning.
+
+    One module per adapter, at ``<model>.adapters.<name>``. The root slot calls ``adapter(model, inputs)`` before
+    the model's own forward with its keyword arguments (a positional first argument becomes ``input_ids``), and
+    the model then runs on the returned dict. ``forward`` must return a new dict (never edit ``inputs`` in place),
+    handle both a prefill (no cache or an empty one) and a decode step of ``generate`` (a non-empty cache: the
+    virtual positions are already in it), and keep ``attention_mask`` / ``position_ids`` / ``labels`` aligned with
+    what it adds. Such adapters have no identity at init (the new positions change the outputs).
+    """
+
+    mode = "model"
+
+    def forward(  # type: ignore[override]
+        self, model: nn.Module, inputs: dict[str, Any]
+    ) -> dict[str, Any]:  # pragma: no cover - the contract; subclasses implement it
+        """The keyword arguments the model runs on instead of ``inputs``."""
+        raise NotImplementedError
+
+    def attach(self, model: nn.Module) -> None:
+        """Called once by ``add_adapter`` after the module is built and moved (e.g. to initialise from the
+        model's vocabulary). The default does nothing."""
 
 
 class MixerModule(nn.Module):

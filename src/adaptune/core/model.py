@@ -17,7 +17,7 @@ from torch import nn
 
 from .composition import Parallel, Stack, adapter_names, validate
 from .config import MethodConfig
-from .contract import AdapterModule, MixerModule, build_adapter, default_config, share_parameters
+from .contract import AdapterModule, MixerModule, ModelAdapter, build_adapter, default_config, share_parameters
 from .parallel import install_parallel, remove_parallel
 from .placement import Target, find_targets
 from .slot import AdapterSlot
@@ -134,9 +134,13 @@ def add_adapter(
             slot.attach_input_module(input_module)
         if t.mode == "input":
             slot.attach_input_hook(host)
+        elif t.mode == "model":
+            slot.attach_model_hook(host)
         ref = next(host.parameters(), None)
         adapter = build_adapter(t, config).to(device=ref.device if ref is not None else None, dtype=dtype)
         slot[name] = adapter.train(host.training)
+        if isinstance(adapter, ModelAdapter):
+            adapter.attach(host)
         built.append(adapter)
     share_parameters(built, config)
     if activate:

@@ -35,6 +35,7 @@ __all__ = [
     "ARCH_TABLE",
     "PROJECTIONS",
     "Block",
+    "ModelShape",
     "Target",
     "block_projections",
     "find_blocks",
@@ -44,6 +45,7 @@ __all__ = [
     "is_channels_first",
     "linear_dims",
     "matches_pattern",
+    "model_target",
 ]
 
 _ATTN = re.compile(r"attn|attention", re.IGNORECASE)
@@ -88,6 +90,23 @@ class Block:
 
 
 @dataclass(frozen=True)
+class ModelShape:
+    """What a whole-model method (``MethodConfig.whole_model``) needs to size its parameters.
+
+    Attributes:
+        hidden: the input-embedding width.
+        layers: attention layers that keep a key/value cache (``config.num_hidden_layers``).
+        kv_heads: key/value heads per layer (``num_key_value_heads``, else ``num_attention_heads``).
+        head_dim: width of one head (``head_dim``, else hidden / heads).
+    """
+
+    hidden: int
+    layers: int
+    kv_heads: int
+    head_dim: int
+
+
+@dataclass(frozen=True)
 class Target:
     """One place an adapter is attached.
 
@@ -105,6 +124,7 @@ class Target:
             is the FFN input. ``None`` means the hooked module's own input is used.
         channels_first: the hooked tensors are ``(B, C, T)`` (a 1x1 ``nn.Conv1d`` host); the slot transposes
             them so adapters always see ``(..., width)``.
+        shape: for mode ``"model"`` (the whole model's inputs, module ``""``), the model's measured sizes.
     """
 
     layer: int
@@ -112,9 +132,10 @@ class Target:
     module: str
     in_width: int
     out_width: int
-    mode: Literal["output", "parallel", "post_ln", "input"] = "output"
+    mode: Literal["output", "parallel", "post_ln", "input", "model"] = "output"
     input_module: str | None = None
     channels_first: bool = False
+    shape: ModelShape | None = None
 
     @property
     def width(self) -> int:
@@ -369,6 +390,8 @@ def find_targets(model: nn.Module, config: MethodConfig) -> list[Target]:
     Raises:
         ValueError: nothing matches, or the layer selection is invalid; the message says what was tried.
     """
+    if config.whole_model:
+        return [model_target(model)]
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     projections = config.projections()
     if projections is not None and config.target_modules is None:
@@ -513,3 +536,31 @@ def _projection_target(model: nn.Module, block: Block, rel: str, kind: str, mode
     location = "ffn" if kind.startswith("ffn") else "attention"
     path = f"{block.path}.{rel}"
     return Target(block.index, location, path, in_width, out_width, mode, channels_first=is_channels_first(host))  # type: ignore[arg-type]
+
+
+def model_target(model: nn.Module) -> Target:
+    """The one target of a whole-model method: the model itself, with its sizes read from its input embeddings
+    and its Transformers config.
+
+    Raises:
+        ValueError: no input embeddings or no config with the sizes; the message names what is missing.
+    """
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    cfg = getattr(model, "config", None)
+    if not isinstance(emb, nn.Embedding) or cfg is None:
+        raise ValueError(
+            f"{type(model).__name__}: prompt / prefix tuning need a Transformers model with get_input_embeddings() "
+            "returning an nn.Embedding and a config"
+        )
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    sizes = {k: getattr(cfg, k, None) for k in ("num_hidden_layers", "num_attention_heads")}
+    if missing := [k for k, v in sizes.items() if not isinstance(v, int)]:
+        raise ValueError(
+            f"{type(model).__name__}: config has no integer {missing}; cannot size prompt / prefix tuning"
+        )
+    heads = sizes["num_attention_heads"]
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or getattr(cfg, "hidden_size", emb.embedding_dim) // heads
+    shape = ModelShape(emb.embedding_dim, sizes["num_hidden_layers"], kv_heads, head_dim)
+    return Target(-1, "custom", "", emb.embedding_dim, emb.embedding_dim, "model", shape=shape)

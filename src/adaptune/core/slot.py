@@ -10,6 +10,7 @@ active setup (a ``composition`` tree) to the host's output::
     parallel mode:  h  -> h + s·f(x)                (x = the FFN input)
     post_ln mode:   LN(v) -> LN(v + s·f(LN(v)))      (host = the sublayer's closing LayerNorm, v = x + h)
     input mode:     x  -> f(x), then the host runs   (a pre-hook on the host; (IA)³'s FFN scaling)
+    model mode:     kwargs -> f(model, kwargs)       (a pre-hook on the whole model; prompt / prefix tuning)
 
 The active setup runs twice per host call when input-mode adapters are present: once on the host's input (only
 input-mode adapters act, the others pass through) and once on its output (the other way round).
@@ -27,7 +28,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .composition import Average, Fuse, Parallel, PerExample, Setup, Stack, adapter_names
-from .contract import AdapterModule, MixerModule
+from .contract import AdapterModule, MixerModule, ModelAdapter
 
 __all__ = ["AdapterSlot", "ForwardState"]
 
@@ -107,6 +108,43 @@ class AdapterSlot(nn.ModuleDict):
             self.has_input_hook = True
             self._handles.append(host.register_forward_pre_hook(self._before_host))
 
+    def attach_model_hook(self, model: nn.Module) -> None:
+        """Run model-mode adapters (``ModelAdapter``) on ``model``'s keyword arguments before its forward."""
+        if not getattr(self, "has_model_hook", False):
+            self.has_model_hook = True
+            self._handles.append(model.register_forward_pre_hook(self._before_model, with_kwargs=True))
+
+    def _before_model(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        chain = self._model_chain(self.active) if self.active is not None and not self.skip else []
+        if not chain:
+            return None
+        if args:  # HF models take input_ids first; the adapters rewrite inputs by name
+            if len(args) > 1 or "input_ids" in kwargs:
+                raise TypeError(
+                    f"adaptune: prompt / prefix tuning read the model's inputs by keyword; got {len(args)} positional "
+                    "arguments (pass input_ids=..., attention_mask=... by name)"
+                )
+            kwargs = {"input_ids": args[0], **kwargs}
+        for name in chain:
+            kwargs = self[name](module, kwargs)
+        return (), kwargs
+
+    def _model_chain(self, node: Setup) -> list[str]:
+        """The model-mode adapters ``node`` runs here, in order. They rewrite the inputs every row shares (sequence
+        length, cache), so they may run alone or in a ``Stack``; any other block holding one is refused."""
+        if isinstance(node, str):
+            return [node] if isinstance(self._modules.get(node), ModelAdapter) else []
+        if isinstance(node, Stack):
+            return [name for child in node.children for name in self._model_chain(child)]
+        held = [n for n in adapter_names(node) if isinstance(self._modules.get(n), ModelAdapter)]
+        if held:
+            raise ValueError(
+                f"adaptune: {node!r} holds {held}: prompt / prefix tuning change the inputs the whole batch shares "
+                "(sequence length, attention cache), so they run alone or in a Stack only, not inside "
+                f"{type(node).__name__}"
+            )
+        return []
+
     def remove_hooks(self) -> None:
         """Detach from the host: the host then runs exactly as before the slot existed."""
         for handle in self._handles:
@@ -161,7 +199,7 @@ class AdapterSlot(nn.ModuleDict):
         return t.transpose(1, 2) if self.channels_first else t
 
     def _after_host(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
-        modes = self._modes() - {"input"} if self.active is not None else set()
+        modes = self._modes() - {"input", "model"} if self.active is not None else set()
         if not modes:
             return None
         if isinstance(output, torch.Tensor):

@@ -6,9 +6,11 @@ line a new method adds outside its own file. What that file must provide is writ
 """
 
 from ..core.contract import register_method
-from . import bottleneck, compacter, ia3, lora
+from . import bottleneck, compacter, ia3, lora, prefix, prompt
 
 register_method(bottleneck.METHOD)
 register_method(lora.METHOD)
 register_method(ia3.METHOD)
+register_method(prompt.METHOD)
+register_method(prefix.METHOD)
 register_method(compacter.METHOD)
