@@ -1,5 +1,6 @@
 """A saved fusion (its adapters, fusion layers and head in one folder) served next to plain adapters: a mixed
-batch gives what the fusion gives alone, and loading the same fusion again under another name is refused, naming the clash."""
+batch gives what the fusion gives alone, and loading the same fusion again under another name is refused, naming
+the clash."""
 
 from __future__ import annotations
 
