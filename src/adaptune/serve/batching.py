@@ -44,6 +44,7 @@ class ClassifyJob:
 # Rows per forward inside a batch: rows sorted by length run in chunks of at most this many, so a short text is not
 # padded to the longest of 32 (on this CPU two sorted halves of 32 reviews took ~15% less than one padded forward).
 CHUNK_ROWS = 16
+Row = tuple[int, int, list[int]]  # (job index, text index, token ids)
 
 
 def classify_forward(
@@ -53,7 +54,7 @@ def classify_forward(
     ``ServeError`` of a job whose text is too long (the other jobs still run)."""
     ids = tokenizer([t for j in jobs for t in j.texts], add_special_tokens=True)["input_ids"]
     results: list[list[torch.Tensor] | ServeError] = []
-    rows: list[tuple[int, int, list[int]]] = []  # (job, text) -> token ids, for the jobs that run
+    rows: list[Row] = []  # the texts that run
     flat = 0
     for j, job in enumerate(jobs):
         lengths = [len(x) for x in ids[flat : flat + len(job.texts)]]
@@ -70,21 +71,36 @@ def classify_forward(
                 rows.append((j, i, row))
         flat += len(job.texts)
     probs: dict[tuple[int, int], torch.Tensor] = {}
-    rows.sort(key=lambda r: len(r[2]))
-    n_chunks = max(1, -(-len(rows) // CHUNK_ROWS))
-    size = -(-len(rows) // n_chunks) if rows else 0
     with registry.lock:
-        for start in range(0, len(rows), max(1, size)):
-            chunk = rows[start : start + size]
-            logits = _forward_rows(
-                registry, tokenizer, [jobs[j] for j, _, _ in chunk], [r for _, _, r in chunk], autocast
-            )
-            for (j, i, _), row in zip(chunk, logits, strict=True):
-                probs[(j, i)] = row[: len(jobs[j].resolved.labels or ())].softmax(-1)
+        for group in _groups(jobs, rows):
+            for chunk in _chunks(group):
+                chunk_jobs = [jobs[j] for j, _, _ in chunk]
+                logits = _forward_rows(registry, tokenizer, chunk_jobs, [r for _, _, r in chunk], autocast)
+                for (j, i, _), row in zip(chunk, logits, strict=True):
+                    probs[(j, i)] = row[: len(jobs[j].resolved.labels or ())].softmax(-1)
     for j, job in enumerate(jobs):
         if not isinstance(results[j], ServeError):
             results[j] = [probs[(j, i)] for i in range(len(job.texts))]
     return results
+
+
+def _groups(jobs: Sequence[ClassifyJob], rows: list[Row]) -> list[list[Row]]:
+    """Rows that may share forwards: all of them, except that rows of a whole-model adapter (prompt / prefix, which
+    change the sequence every row shares) go in forwards of their own, one setup each."""
+    shared = [r for r in rows if not jobs[r[0]].resolved.solo]
+    solo: dict[Any, list[Row]] = {}
+    for r in rows:
+        if jobs[r[0]].resolved.solo:
+            solo.setdefault(jobs[r[0]].resolved.setup, []).append(r)
+    return [g for g in (shared, *solo.values()) if g]
+
+
+def _chunks(rows: list[Row]) -> list[list[Row]]:
+    """``rows`` sorted by length in near-equal chunks of at most ``CHUNK_ROWS``."""
+    rows = sorted(rows, key=lambda r: len(r[2]))
+    n_chunks = max(1, -(-len(rows) // CHUNK_ROWS))
+    size = max(1, -(-len(rows) // n_chunks))
+    return [rows[start : start + size] for start in range(0, len(rows), size)]
 
 
 def _too_long(i: int, n: int, max_length: int) -> ServeError:

@@ -55,6 +55,7 @@ class Entry:
     labels: list[str] | None
     has_head: bool
     params: int
+    solo: bool = False  # whole-model adapters (prompt / prefix): they change the sequence every row shares
     refs: int = 0
     unloading: bool = False
     config: dict[str, Any] = field(default_factory=dict)
@@ -81,6 +82,7 @@ class Resolved:
     entries: tuple[str, ...]  # entry names it uses (each holds a reference while the request runs)
     head: str | None  # entry whose task head scores it (classification)
     labels: tuple[str, ...] | None
+    solo: bool = False  # runs in forwards of its own (a whole-model adapter cannot share a batch with others)
 
 
 class Registry:
@@ -143,6 +145,13 @@ class Registry:
         entry_name = name or (setup if isinstance(setup, str) else src.name)
         try:
             self._check_new(entry_name, setup, owned, src)
+            solo = any(m.mode == "model" for a in owned for m in adapter_modules(self.model, a).values())
+            if solo and self.heads is None:
+                raise ServeError(
+                    400,
+                    f"{src}: prompt / prefix adapters cannot share decode steps yet (one sequence per batch)",
+                    "path",
+                )
             labels = info.get("labels")
             entry = Entry(
                 name=entry_name,
@@ -158,6 +167,7 @@ class Registry:
                     p.numel() for a in owned for m in adapter_modules(self.model, a).values() for p in m.parameters()
                 ),
                 config=_config_summary(self.model, owned, fusions),
+                solo=solo,
             )
             if entry.has_head:
                 assert self.heads is not None
@@ -225,7 +235,8 @@ class Registry:
         headed = [n for n in names if self.entries[n].has_head]
         head = headed[-1] if headed else None  # the task adapter comes last, e.g. Stack(lang, task)
         labels = self.entries[head].labels if head else None
-        return Resolved(text, setup, tuple(names), head, tuple(labels) if labels else None)
+        solo = any(self.entries[n].solo for n in names)
+        return Resolved(text, setup, tuple(names), head, tuple(labels) if labels else None, solo)
 
     def _expand(self, node: Any, field_name: str) -> Node:
         """Entry names -> their setups (a fusion entry becomes its ``Fuse``)."""
