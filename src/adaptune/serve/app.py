@@ -59,7 +59,9 @@ def create_app(server: Server) -> FastAPI:
     app.state.server = server
     app.state.batcher = batcher
     _install_guards(app, server)
-    _install_routes(app, server, batcher)
+    _install_info_routes(app, server)
+    _install_admin_routes(app, server)
+    _install_classify_route(app, server, batcher)
     from .openai import install_openai_routes
 
     install_openai_routes(app, server)
@@ -133,8 +135,9 @@ def _install_guards(app: FastAPI, server: Server) -> None:
         return error_response(500, f"internal error: {type(err).__name__}: {err}")
 
 
-def _install_routes(app: FastAPI, server: Server, batcher: ClassifyBatcher | None) -> None:
-    registry, options = server.registry, server.options
+def _install_info_routes(app: FastAPI, server: Server) -> None:
+    """Health, metrics, the page and the adapter list."""
+    registry = server.registry
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -165,6 +168,11 @@ def _install_routes(app: FastAPI, server: Server, batcher: ClassifyBatcher | Non
             "adapters": entries,
         }
 
+
+def _install_admin_routes(app: FastAPI, server: Server) -> None:
+    """Hot load / unload (admin: beyond loopback they need the API key)."""
+    registry, options = server.registry, server.options
+
     @app.post("/v1/adapters", status_code=201)
     async def load(request: Request) -> dict[str, Any]:
         _check_admin(server)
@@ -186,6 +194,11 @@ def _install_routes(app: FastAPI, server: Server, batcher: ClassifyBatcher | Non
             raise ServeError(409, f"adapter {name!r} still has {entry.refs} requests after {options.drain_seconds}s")
         await asyncio.to_thread(registry.finish_unload, entry)
         return {"unloaded": name}
+
+
+def _install_classify_route(app: FastAPI, server: Server, batcher: ClassifyBatcher | None) -> None:
+    """``POST /v1/classify``: checked, then queued for the batcher."""
+    registry, options = server.registry, server.options
 
     @app.post("/v1/classify")
     async def classify(request: Request) -> dict[str, Any]:
