@@ -21,7 +21,7 @@ from .tables import write_outputs
 
 __all__ = ["Options", "jobs", "run_suite"]
 
-SECTIONS = ("train", "infer", "memory", "direct", "decoder", "bf16")
+SECTIONS = ("train", "infer", "memory", "direct", "decoder", "bf16", "methods")
 OURS_TRAIN = ["pfeiffer", "houlsby", "parallel", "pfeiffer_top_half", "fusion3"]
 NODROP = ["pfeiffer+nodrop", "houlsby+nodrop", "pfeiffer_top_half+nodrop", "fusion3+nodrop"]
 AH_TRAIN = ["ah_seq_bn", "ah_double_seq_bn", "ah_par_bn", "ah_fusion3"]
@@ -89,6 +89,11 @@ def jobs(o: Options) -> list[dict[str, Any]]:
         out += [_job("memory", c, None, *mini, o) for c in AH_TRAIN]
     if "bf16" in o.sections:
         out += _bf16_jobs(o)
+    if "methods" in o.sections:  # issue 14: adaptune LoRA / (IA)³ against peft's, same configuration and precision
+        for suffix in ("", "@bf16"):
+            pairs = [("lora", "peft_lora"), ("ia3", "peft_ia3")]
+            out += [_job(k, c + suffix, r + suffix, *mini, o) for k in ("train", "infer") for c, r in pairs]
+            out += [_job("infer", "lora_merged" + suffix, "base" + suffix, *mini, o)]
     if "decoder" in o.sections:
         smol = ("smollm2", 4, 128)
         out += [_job("train", c, "full", *smol, o) for c in ("pfeiffer", "pfeiffer_top_half", "peft_lora")]

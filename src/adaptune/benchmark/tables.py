@@ -35,6 +35,17 @@ TARGETS = [
     ("bf16: inference, pfeiffer vs fp32 base", "infer", "pfeiffer@bf16", "base", "minilm", 16, 0.40),
     ("bf16: inference, pfeiffer vs bf16 base", "infer", "pfeiffer@bf16", "base@bf16", "minilm", 16, 1.02),
     ("bf16: inference, fusion of 3 vs bf16 base", "infer", "fusion3@bf16", "base@bf16", "minilm", 16, 1.15),
+    # issue 14, other methods against peft (`--only methods`)
+    ("LoRA training step vs peft LoRA", "train", "lora", "peft_lora", "minilm", 16, 1.00),
+    ("LoRA inference (unmerged) vs peft LoRA", "infer", "lora", "peft_lora", "minilm", 16, 1.00),
+    ("LoRA merged inference vs base", "infer", "lora_merged", "base", "minilm", 16, 1.01),
+    ("(IA)3 training step vs peft (IA)3", "train", "ia3", "peft_ia3", "minilm", 16, 1.00),
+    ("(IA)3 inference vs peft (IA)3", "infer", "ia3", "peft_ia3", "minilm", 16, 1.00),
+    ("bf16: LoRA training step vs peft LoRA", "train", "lora@bf16", "peft_lora@bf16", "minilm", 16, 1.00),
+    ("bf16: LoRA inference vs peft LoRA", "infer", "lora@bf16", "peft_lora@bf16", "minilm", 16, 1.00),
+    ("bf16: LoRA merged inference vs base", "infer", "lora_merged@bf16", "base@bf16", "minilm", 16, 1.01),
+    ("bf16: (IA)3 training step vs peft (IA)3", "train", "ia3@bf16", "peft_ia3@bf16", "minilm", 16, 1.00),
+    ("bf16: (IA)3 inference vs peft (IA)3", "infer", "ia3@bf16", "peft_ia3@bf16", "minilm", 16, 1.00),
 ]
 
 

@@ -2,8 +2,9 @@
 AdapterHub ``adapters`` (the last two imported only when asked for, in whichever venv has them).
 
 A configuration is a string: ``full``, ``base`` (untouched model, inference), an adaptune preset
-(``pfeiffer``, ``houlsby``, ``parallel``, ``pfeiffer_top_half``, ``fusion3``, ``mixed8``), ``peft_lora``,
-``peft_lora_merged``, or an AdapterHub one (``ah_seq_bn``, ``ah_double_seq_bn``, ``ah_par_bn``,
+(``pfeiffer``, ``houlsby``, ``parallel``, ``pfeiffer_top_half``, ``fusion3``, ``mixed8``), another adaptune method
+(``lora``, ``lora_merged``, ``ia3``), ``peft_lora``, ``peft_lora_merged``, ``peft_ia3``, or an AdapterHub one
+(``ah_seq_bn``, ``ah_double_seq_bn``, ``ah_par_bn``,
 ``ah_fusion3``, ``ah_init``). A ``+nodrop`` suffix trains adaptune configurations with base dropout off. An ``@bf16``
 suffix runs the configuration under the precision policy: the forward under bf16 autocast, and, where a base is
 frozen (adapters of any library, LoRA, inference), that base stored in bf16 with the trained tensors in fp32 —
@@ -68,6 +69,8 @@ def _adaptune(model: nn.Module, config: str, bs: int) -> nn.Module:
             adaptune.train_fusion(model, fuse, heads=heads)
         else:
             adaptune.train_adapter(model, names, heads=heads, setup=PerExample([names[i % 8] for i in range(bs)]))
+    elif base in ("lora", "lora_merged", "ia3"):
+        _other_method(model, base, heads)
     else:
         cfg = {
             "pfeiffer": AdapterConfig.pfeiffer(init="normal"),
@@ -82,13 +85,31 @@ def _adaptune(model: nn.Module, config: str, bs: int) -> nn.Module:
     return model
 
 
+def _other_method(model: nn.Module, config: str, heads: list[str]) -> None:
+    """adaptune LoRA (r 8, alpha 16 on query and value: peft's configuration below) or (IA)³ (keys, values, FFN
+    intermediate); ``lora_merged`` folds the LoRA into the base weights and runs the bare model."""
+    import adaptune
+
+    cfg = adaptune.IA3Config() if config == "ia3" else adaptune.LoraConfig(rank=8, alpha=16.0, targets="qv")
+    adaptune.add_adapter(model, "x", cfg)
+    adaptune.train_adapter(model, "x", heads=heads)
+    if config == "lora_merged":
+        adaptune.merge_adapter(model, "x")
+        adaptune.set_active(model, None)  # the merged weights carry it: no hook runs
+
+
 def _peft(model: nn.Module, config: str) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
+    from peft import IA3Config, LoraConfig, get_peft_model
 
     llama = hasattr(model.config, "num_key_value_heads")
-    targets = ["q_proj", "v_proj"] if llama else ["query", "value"]
-    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=targets, modules_to_save=_head(model))
-    peft_model = get_peft_model(model, lora)
+    if config == "peft_ia3":  # adaptune's IA3Config(): keys, values and the input of the FFN output projection
+        ffn = r".*layers?\.\d+\.(mlp\.down_proj|output\.dense)$"
+        kv = r".*\.(k_proj|v_proj|key|value)$"
+        method: Any = IA3Config(target_modules=f"{kv}|{ffn}", feedforward_modules=ffn, modules_to_save=_head(model))
+    else:
+        targets = ["q_proj", "v_proj"] if llama else ["query", "value"]
+        method = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=targets, modules_to_save=_head(model))
+    peft_model = get_peft_model(model, method)
     return peft_model.merge_and_unload() if config == "peft_lora_merged" else peft_model
 
 
