@@ -270,6 +270,22 @@ def test_hot_load_refuses_paths_outside_the_root(served: tuple[Server, str], tmp
         escape.unlink()
 
 
+def test_hot_load_names_a_broken_task_file(served: tuple[Server, str]) -> None:
+    server, url = served
+    root = server.options.adapter_root
+    assert root is not None
+    broken = root / "broken"
+    broken.mkdir()
+    try:
+        (broken / "task.json").write_text("{not json", encoding="utf-8")
+        resp = httpx.post(f"{url}/v1/adapters", json={"path": "broken"}, timeout=30)
+    finally:
+        (broken / "task.json").unlink()
+        broken.rmdir()
+    assert resp.status_code == 400 and resp.json()["error"]["field"] == "path"
+    assert "task.json: not valid JSON" in resp.json()["error"]["message"]
+
+
 def test_api_key_guards_everything_but_health(assets: tuple[Path, dict[str, Path]]) -> None:
     _, folders = assets
     _server, uv, url = _start({"sent": folders["sent"]}, api_key="s3cret")

@@ -4,7 +4,6 @@ setup for eval, predict and explain."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -140,13 +139,9 @@ def _base_tasks() -> tuple[str, ...]:
 
 def read_task(adapter_dir: Path) -> dict[str, Any]:
     """The ``task.json`` that ``adaptune train`` writes beside a saved adapter."""
-    path = adapter_dir / TASK_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing (written by `adaptune train`; pass --model and data options)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: unreadable ({err})") from None
+    from ..util import read_json_object
+
+    return read_json_object(adapter_dir / TASK_FILE, "written by `adaptune train`; pass --model and data options")
 
 
 def load_adapted(a: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:

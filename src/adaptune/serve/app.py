@@ -56,8 +56,6 @@ def create_app(server: Server) -> FastAPI:
             await asyncio.to_thread(server.engine.stop, True, server.options.drain_seconds)
 
     app = FastAPI(title="adaptune serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.server = server
-    app.state.batcher = batcher
     _install_guards(app, server)
     _install_info_routes(app, server)
     _install_admin_routes(app, server)
@@ -117,6 +115,7 @@ class Guard:
 
 
 def _install_guards(app: FastAPI, server: Server) -> None:
+    # Guard answers any other exception with a JSON 500 (it sits inside Starlette's own error middleware).
     app.add_middleware(Guard, server=server)
 
     @app.exception_handler(ServeError)
@@ -129,15 +128,11 @@ def _install_guards(app: FastAPI, server: Server) -> None:
         where = field_of(tuple(first.get("loc", ())))
         return error_response(400, f"{where}: {first.get('msg')}", where)
 
-    @app.exception_handler(Exception)
-    async def internal(request: Request, err: Exception) -> JSONResponse:
-        log.exception("request failed")
-        return error_response(500, f"internal error: {type(err).__name__}: {err}")
-
 
 def _install_info_routes(app: FastAPI, server: Server) -> None:
     """Health, metrics, the page and the adapter list."""
     registry = server.registry
+    page_html = PAGE.read_text(encoding="utf-8")  # static: read once, not per request
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -156,7 +151,7 @@ def _install_info_routes(app: FastAPI, server: Server) -> None:
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+        return HTMLResponse(page_html)
 
     @app.get("/v1/adapters")
     async def list_adapters() -> dict[str, Any]:

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,7 +38,6 @@ class ClassifyJob:
     resolved: Resolved
     future: asyncio.Future[list[torch.Tensor]]
     truncate: bool = False
-    queued_at: float = field(default_factory=time.perf_counter)
 
 
 # Rows per forward inside a batch: rows sorted by length run in chunks of at most this many, so a short text is not

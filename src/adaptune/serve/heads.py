@@ -61,8 +61,8 @@ class HeadBank:
             module = self._modules.get(leaf)
             if module is None or param not in dict(module.named_parameters(recurse=False)):
                 raise ValueError(f"{source}: head tensor {name!r} names no parameter of {type(self.model).__name__}")
-            dtype = next(module.parameters()).dtype
-            by_leaf.setdefault(leaf, {})[param] = value.detach().to(dtype=dtype, device=_device(module))
+            like = next(module.parameters())  # the head's own dtype and device (the serving precision)
+            by_leaf.setdefault(leaf, {})[param] = value.detach().to(dtype=like.dtype, device=like.device)
         missing = [m for m in self.required if m not in by_leaf]
         if missing:
             raise ValueError(f"{source}: no trained head for {missing} (a classification adapter carries its head)")
@@ -89,14 +89,6 @@ class HeadBank:
     def remove(self, key: str) -> None:
         """Forget adapter ``key``'s head (hooks stay: they stand aside for rows without an override)."""
         self._heads.pop(key, None)
-        self._stacked.clear()
-
-    def cast(self, dtype: torch.dtype) -> None:
-        """Store every head in ``dtype`` (the precision the model runs in)."""
-        for leaves in self._heads.values():
-            for params in leaves.values():
-                for name, value in params.items():
-                    params[name] = value.to(dtype)
         self._stacked.clear()
 
     def _make_hook(self, leaf: str) -> Any:
@@ -151,7 +143,3 @@ def _stacked_linear(
     weight = torch.cat([F.pad(w, (0, 0, 0, widest - w.shape[0])) for w in weights])
     bias = torch.cat([F.pad(b, (0, widest - b.shape[0])) for b in biases])
     return weight, bias
-
-
-def _device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device

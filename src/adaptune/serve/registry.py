@@ -9,7 +9,6 @@ and deletes the weights when the last reference is released.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from dataclasses import dataclass, field
@@ -26,9 +25,10 @@ from ..formats.detect import folder_kind, load_folder
 from ..formats.names import HEAD_FILE, TASK_FILE
 from ..formats.tensors import read_tensors
 from ..methods.fusion import delete_fusion, list_fusions
+from ..util import read_json_object
 from .heads import HeadBank
 
-__all__ = ["Entry", "Registry", "Resolved", "ServeError"]
+__all__ = ["Entry", "Registry", "Resolved", "ServeError", "read_task_info"]
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
@@ -123,7 +123,7 @@ class Registry:
         src = Path(path)
         if not src.is_dir():
             raise ServeError(404, f"{src}: no such adapter folder", "path")
-        info = _read_task(src)
+        info = read_task_info(src)
         task = info.get("task")
         if task is not None and task != self.task:
             raise ServeError(400, f"{src}: a {task} adapter; this server runs {self.task}", "path")
@@ -145,7 +145,8 @@ class Registry:
         entry_name = name or (setup if isinstance(setup, str) else src.name)
         try:
             self._check_new(entry_name, setup, owned, src)
-            solo = any(m.mode == "model" for a in owned for m in adapter_modules(self.model, a).values())
+            modules = [m for a in owned for m in adapter_modules(self.model, a).values()]
+            solo = any(m.mode == "model" for m in modules)
             if solo and self.heads is None:
                 raise ServeError(
                     400,
@@ -163,9 +164,7 @@ class Registry:
                 task=info.get("task", self.task),
                 labels=list(labels) if labels else None,
                 has_head=(src / HEAD_FILE).is_file() and self.heads is not None,
-                params=sum(
-                    p.numel() for a in owned for m in adapter_modules(self.model, a).values() for p in m.parameters()
-                ),
+                params=sum(p.numel() for m in modules for p in m.parameters()),
                 config=_config_summary(self.model, owned, fusions),
                 solo=solo,
             )
@@ -175,9 +174,7 @@ class Registry:
                     raise ServeError(400, f"{src / TASK_FILE}: a head but no 'labels' list", "path")
                 self.heads.add(entry.name, read_tensors(src / HEAD_FILE), str(src / HEAD_FILE))
             self.model.requires_grad_(False)  # nothing trains in a server
-            apply_precision(self.model, self.precision)  # the new weights in the serving dtype
-            if self.heads is not None:
-                self.heads.cast(self.precision.storage_dtype)
+            apply_precision(self.model, self.precision)  # the new weights in the serving dtype (heads: HeadBank.add)
         except Exception as err:
             self._delete(owned, fusions)  # all or nothing
             if self.heads is not None:
@@ -286,7 +283,6 @@ class Registry:
     def finish_unload(self, entry: Entry) -> None:
         """Delete the entry's weights (call when its ``refs`` reached 0)."""
         with self.lock:
-            self.activate(None)  # forwards set their own setup; nothing may still point at these
             self._delete(entry.owned, entry.fusions)
             if self.heads is not None:
                 self.heads.remove(entry.name)
@@ -294,7 +290,7 @@ class Registry:
         self.entries.pop(entry.name, None)
 
     def _delete(self, owned: list[str], fusions: list[str]) -> None:
-        self.activate(None)
+        self.activate(None)  # forwards set their own setup; nothing may still point at these
         for f in fusions:
             delete_fusion(self.model, f)
         for a in owned:
@@ -305,17 +301,20 @@ class Registry:
         return [n for n, e in self.entries.items() if not e.unloading]
 
 
-def _read_task(src: Path) -> dict[str, Any]:
+def read_task_info(src: Path) -> dict[str, Any]:
+    """The ``task.json`` that ``adaptune train`` writes beside an adapter (task, labels, model), or ``{}`` where
+    there is none (AdapterHub folders and bare adapters: usable inside compositions, no labels of their own).
+
+    Raises:
+        ServeError: the file is not a JSON object (the message names it).
+    """
     path = src / TASK_FILE
     if not path.is_file():
-        return {}  # AdapterHub folders and bare adapters: usable inside compositions, no labels of their own
+        return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ServeError(400, f"{path}: unreadable ({err})", "path") from None
-    if not isinstance(data, dict):
-        raise ServeError(400, f"{path}: expected a JSON object", "path")
-    return data
+        return read_json_object(path)
+    except ValueError as err:
+        raise ServeError(400, str(err), "path") from None
 
 
 def _config_summary(model: nn.Module, owned: list[str], fusions: list[str]) -> dict[str, Any]:

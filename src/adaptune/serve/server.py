@@ -18,7 +18,7 @@ from ..core.model import DEFAULT_HEADS, head_modules
 from ..core.precision import Precision, autocast, set_precision
 from .heads import HeadBank
 from .metrics import Metrics
-from .registry import Registry, ServeError
+from .registry import Registry, ServeError, read_task_info
 
 __all__ = ["ServeOptions", "Server", "build_server"]
 
@@ -154,15 +154,10 @@ def build_server(
     Raises:
         ServeError / ValueError / FileNotFoundError: a folder that cannot be served, no model to serve.
     """
-    import json
-
-    from ..formats.names import TASK_FILE
     from ..training.assets import resolve_model
     from ..training.tasks import task_named
 
-    info: dict[str, Any] = {}
-    if adapters and (adapters[0][1] / TASK_FILE).is_file():
-        info = json.loads((adapters[0][1] / TASK_FILE).read_text(encoding="utf-8"))
+    info = read_task_info(adapters[0][1]) if adapters else {}
     model_name = model or info.get("model")
     task_name = task or info.get("task")
     if not model_name or not task_name:
