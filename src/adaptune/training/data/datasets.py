@@ -20,6 +20,7 @@ from typing import Any
 from .builtin import BUILTIN_DATASETS, load_builtin
 from .example import Example
 from .files import MAX_FIELD_CHARS, DataError, csv_records, decode_utf8, field_value, jsonl_records, show_value
+from .readers import FILE_READERS, Records, reader_for_suffix
 
 __all__ = ["DataError", "Dataset", "Example", "Records", "check_labels", "load_dataset", "read_file", "read_texts"]
 
@@ -44,7 +45,7 @@ class Dataset:
     train: list[Example]
     validation: list[Example]
     test: list[Example]
-    labels: list[str] | None  # sorted label names for classification, else None
+    labels: list[str] | None  # sorted label names (classification) or tags (token classification), else None
 
     def split(self, name: str) -> list[Example]:
         """The examples of split ``name`` ("train", "validation" or "test")."""
@@ -62,15 +63,6 @@ class Dataset:
             )
             line += f"; {len(self.labels)} labels: {shown}"
         return line
-
-
-@dataclass
-class Records:
-    """Examples read from one file or folder, before splitting."""
-
-    task: str
-    examples: list[Example]
-    splits: list[str] | None = None  # per example, from the file's own ``split`` column
 
 
 def _pick(columns: Sequence[str], wanted: str | None, defaults: Sequence[str], where: str) -> str | None:
@@ -189,8 +181,19 @@ def read_file(
     """
     name = str(path)
     path = Path(path)
-    if task is not None and task not in TASKS:
-        raise DataError(f"unknown task {task!r}; expected one of: {', '.join(TASKS)}")
+    if task is not None and task not in TASKS and task not in FILE_READERS:
+        raise DataError(f"unknown task {task!r}; expected one of: {', '.join((*TASKS, *FILE_READERS))}")
+    reader = FILE_READERS.get(task) if task is not None else reader_for_suffix(path.suffix.lower())
+    if reader is not None:  # a task with its own file format (CoNLL, SQuAD JSON)
+        if not path.is_file():
+            why = f"a folder is not a {reader.task} file" if path.is_dir() else "no such file"
+            raise DataError(f"{name}: {why}")
+        if path.suffix.lower() not in reader.suffixes:
+            raise DataError(
+                f"{name}: unsupported file type {path.suffix or '(none)'!r} for {reader.task}; "
+                f"expected {', '.join(reader.suffixes)}"
+            )
+        return reader.read(path, name)
     if path.is_dir():
         if task not in (None, "classification"):
             raise DataError(f"{name}: a label/*.txt folder is a classification dataset, not {task}")
@@ -227,9 +230,13 @@ def assign_split(example: Example, task: str, seed: int, val_fraction: float, te
     """The split ("train", "validation" or "test") an example falls in, from the hash of its content.
 
     The key is the input text, so a repeated question or review always lands in one split; for causal-lm it is
-    prompt + completion, since prompts are often a shared template (or empty) that would pile into one split.
+    prompt + completion, since prompts are often a shared template (or empty) that would pile into one split; for
+    extractive qa it is the passage, so questions on one passage never straddle train and test.
     """
-    key = f"{example.text}\0{example.target}" if task == "causal-lm" else example.text
+    if example.context is not None:  # extractive qa: every question on one passage lands in one split
+        key = example.context
+    else:
+        key = f"{example.text}\0{example.target}" if task == "causal-lm" else example.text
     u = _unit(key, seed, "split")
     return "test" if u < test_fraction else "validation" if u < test_fraction + val_fraction else "train"
 
@@ -313,6 +320,8 @@ def load_dataset(
         labels = _sort_labels({ex.label for ex in records.examples if ex.label is not None})
         if len(labels) < 2:
             raise DataError(f"{name}: classification needs at least 2 labels; found only {labels}")
+    elif any(ex.tags for ex in records.examples):  # token classification: the tag set is the label set
+        labels = _sort_labels({tag for ex in records.examples for tag in ex.tags})
     parts: dict[str, list[Example]] = {s: [] for s in SPLITS}
     fractions = (val_fraction, test_fraction)
     for i, ex in enumerate(records.examples):
