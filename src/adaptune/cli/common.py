@@ -33,6 +33,7 @@ __all__ = [
     "examples_from_args",
     "inference_context",
     "load_adapted",
+    "model_task",
 ]
 
 PRESETS = ("pfeiffer", "houlsby", "parallel")
@@ -123,8 +124,17 @@ def add_setup_options(p: argparse.ArgumentParser, required: bool = False) -> Non
         help="saved adapter or fusion folder(s); omit to use the base model (" + " / ".join(_base_tasks()) + ")",
     )
     p.add_argument("--setup", help="composition of the loaded adapters, e.g. 'Stack(lang, task)' or 'Average(a, b)'")
-    p.add_argument("--model", help="default: the model the (first) adapter was trained on")
-    p.add_argument("--task", choices=_base_tasks(), help="task of the base model (without --adapter)")
+    p.add_argument(
+        "--model",
+        help="default: the model the (first) adapter was trained on; without --adapter: a fully fine-tuned model "
+        "folder (`adaptune train --full-finetune` writes OUT/model) or a base model with --task",
+    )
+    p.add_argument(
+        "--task",
+        choices=_base_tasks(),
+        help="task of a base --model (a folder's task.json, or a *ForSequenceClassification config, says it "
+        "otherwise)",
+    )
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -144,23 +154,98 @@ def read_task(adapter_dir: Path) -> dict[str, Any]:
     return read_json_object(adapter_dir / TASK_FILE, "written by `adaptune train`; pass --model and data options")
 
 
+# Tasks a plain Hugging Face folder (no task.json) can run with a trained head, and the ``architectures`` suffix
+# of its config that shows the head is there; the label names come from the config's ``id2label``.
+HEAD_ARCHITECTURES = {"classification": "ForSequenceClassification"}
+
+
+def model_task(folder: Path, task: str | None) -> dict[str, Any]:
+    """The task info (task, labels, model, max_length) of a model folder given as ``--model`` without ``--adapter``.
+
+    In order: the folder's ``task.json`` (``adaptune train --full-finetune`` writes it beside ``config.json``);
+    a Hugging Face classifier (``architectures`` ``*ForSequenceClassification``: labels from ``id2label``); a base
+    model with ``task`` naming a task that needs no trained head.
+
+    Raises:
+        ValueError: ``task`` contradicts ``task.json``, or nothing says the task / labels (names the folder and
+            what is missing).
+    """
+    from ..training.tasks import task_named
+    from ..util import read_json_object
+
+    if (folder / TASK_FILE).is_file():
+        info = read_task(folder)
+        if task and task != info.get("task"):
+            raise ValueError(f"--task {task}: {folder / TASK_FILE} says the model was trained for {info.get('task')}")
+        return {"max_length": 128, **info, "model": str(folder)}
+    config = read_json_object(folder / "config.json", "expected a Hugging Face model folder")
+    archs = [str(x) for x in config.get("architectures") or []]
+    headed = [t for t, suffix in HEAD_ARCHITECTURES.items() if any(x.endswith(suffix) for x in archs)]
+    task = task or (headed[0] if headed else None)
+    if task is None:
+        raise ValueError(
+            f"{folder}: no {TASK_FILE} (`adaptune train --full-finetune` writes one) and config.json's architectures "
+            f"{archs} name no classification head; give --task ({' or '.join(_base_tasks())}) to use it as a base "
+            "model, or --adapter"
+        )
+    if not task_named(task).needs_labels:
+        return {"task": task, "labels": None, "model": str(folder), "max_length": 256}
+    if task not in headed:
+        suffix = HEAD_ARCHITECTURES.get(task, "")
+        raise ValueError(
+            f"--task {task}: {folder} has no {TASK_FILE} and config.json's architectures {archs} name no trained "
+            f"head{f' (*{suffix})' if suffix else ''}; a {task} model needs its label set (train one with "
+            "`adaptune train`)"
+        )
+    return {"task": task, "labels": _config_labels(folder, config), "model": str(folder), "max_length": 128}
+
+
+def _config_labels(folder: Path, config: dict[str, Any]) -> list[str]:
+    """The label names of a Hugging Face config's ``id2label`` (JSON keys are the ids as strings), in id order."""
+    id2label = config.get("id2label")
+    try:
+        labels = [str(id2label[str(i)]) for i in range(len(id2label))]  # type: ignore[arg-type,index]
+    except (TypeError, KeyError):
+        raise ValueError(f"{folder / 'config.json'}: id2label must map the ids 0..n-1 to label names") from None
+    if not labels:
+        raise ValueError(f"{folder / 'config.json'}: id2label is empty; a classifier needs its label names")
+    return labels
+
+
+def _refuse_model_folders(adapters: list[str]) -> None:
+    """A full model folder given as ``--adapter`` (a common slip after ``train --full-finetune``) gets a pointer."""
+    from ..formats.detect import FolderKind, folder_kind
+    from ..formats.names import CONFIG_FILE
+
+    for folder in map(Path, adapters):
+        if (
+            (folder / "config.json").is_file()
+            and not (folder / CONFIG_FILE).is_file()
+            and folder_kind(folder) is FolderKind.ADAPTER
+        ):
+            raise ValueError(f"--adapter {folder}: a full model folder (config.json, no {CONFIG_FILE}); use --model")
+
+
 def load_adapted(a: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
-    """Model + tokenizer with the adapters / fusion of ``a.adapter`` loaded and ``a.setup`` active, or the bare
-    base model without adapters; plus the task info (task, labels, model, max_length)."""
+    """Model + tokenizer with the adapters / fusion of ``a.adapter`` loaded and ``a.setup`` active, or a model
+    folder alone (fully fine-tuned, a Hugging Face classifier, or a base model with ``--task``, see
+    ``model_task``); plus the task info (task, labels, model, max_length)."""
     from ..core.composition import parse
     from ..core.model import set_active
     from ..formats.detect import load_folder
     from ..training.assets import resolve_model
     from ..training.tasks import task_named
 
-    if not a.adapter:
-        if not (a.model and a.task):
-            tasks = " or ".join(_base_tasks())
-            raise ValueError(f"without --adapter, give --model and --task ({tasks}) to use the base model")
-        info: dict[str, Any] = {"task": a.task, "labels": None, "model": a.model, "max_length": 256}
-    else:
+    if a.adapter:
+        _refuse_model_folders(a.adapter)
         info = read_task(Path(a.adapter[0]))
-    model, tok = task_named(info["task"]).load_model(resolve_model(a.model or info["model"]), info.get("labels"))
+        path = resolve_model(a.model or info["model"])
+    elif a.model:
+        path = resolve_model(a.model)
+        info = model_task(path, a.task)
+    else:
+        raise ValueError("give --adapter, or --model (a fully fine-tuned model folder, or a base model with --task)")
+    model, tok = task_named(info["task"]).load_model(path, info.get("labels"))
     setups = [load_folder(model, folder, activate=False) for folder in a.adapter or []]
     if a.setup:
         set_active(model, parse(a.setup))

@@ -332,6 +332,8 @@ def finish(run: Run) -> RunResult:
     run.history[-1] |= _validate(run)
     metrics = _test_metrics(run)
     saved_bytes = save_result(cfg, run.model, out, data.labels, run.fuse)
+    if cfg.adapter is None and run.fuse is None:  # a full model folder is usable alone: eval/predict --model OUT/model
+        run.tok.save_pretrained(out / "model")
     metrics |= {
         "trainable_params": run.summary.trainable,
         "total_params": run.summary.total,

@@ -87,15 +87,35 @@ class Task(ABC):
         return f"test_{self.main_metric}"
 
 
+# Any of these marks a folder that holds its own tokenizer.
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model")
+
+
 def load_tokenizer(path: Path) -> Any:
     """The tokenizer of a local folder, with a pad token (decoder tokenizers often have none; padding positions
-    are masked anyway)."""
+    are masked anyway).
+
+    A fully fine-tuned model folder from before ``adaptune train`` saved the tokenizer beside it has none: its
+    ``task.json`` names the base model, whose tokenizer it was trained with."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(_tokenizer_folder(Path(path)))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def _tokenizer_folder(path: Path) -> Path:
+    from ...formats.names import TASK_FILE
+    from ...util import read_json_object
+    from ..assets import resolve_model
+
+    if any((path / f).is_file() for f in _TOKENIZER_FILES) or not (path / TASK_FILE).is_file():
+        return path
+    base = read_json_object(path / TASK_FILE).get("model")
+    if not isinstance(base, str):
+        raise ValueError(f"{path}: no tokenizer files, and {path / TASK_FILE} names no base model to take them from")
+    return resolve_model(base)
 
 
 def set_pad_id(model: nn.Module, tok: Any) -> None:
