@@ -54,6 +54,7 @@ from .methods.bottleneck import AdapterConfig, Bottleneck
 from .methods.compacter import CompacterConfig
 from .methods.ia3 import IA3Config
 from .methods.lora import LoraConfig
+from .methods.mix import MixConfig
 from .methods.merge import merge_adapter, unmerge_adapter
 from .methods.prefix import PrefixConfig, fold_prefix
 from .methods.prompt import PromptConfig
@@ -71,6 +72,7 @@ __all__ = [
     "IA3Config",
     "LoraConfig",
     "MethodConfig",
+    "MixConfig",
     "Parallel",
     "ParamSummary",
     "PerExample",

@@ -101,6 +101,11 @@ class MethodConfig:
         (``"parallel"`` reads the module's input, anything else its output)."""
         return None
 
+    def components(self) -> tuple[MethodConfig, ...]:
+        """For a mix of methods (``methods.mix``: MAM, UniPELT): its member configs, whose places placement unions
+        (``core.placement.find_targets``); ``()`` (the default) for a single method."""
+        return ()
+
     # ---- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: ``method`` first, then every field (tuples become lists)."""

@@ -23,6 +23,7 @@ Nothing here modifies the model.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -125,6 +126,8 @@ class Target:
         channels_first: the hooked tensors are ``(B, C, T)`` (a 1x1 ``nn.Conv1d`` host); the slot transposes
             them so adapters always see ``(..., width)``.
         shape: for mode ``"model"`` (the whole model's inputs, module ``""``), the model's measured sizes.
+        parts: for a mix of methods (``MethodConfig.components``), the indices of the members placed here (they
+            run in this order, one after the other); ``()`` for a single method.
     """
 
     layer: int
@@ -136,6 +139,7 @@ class Target:
     input_module: str | None = None
     channels_first: bool = False
     shape: ModelShape | None = None
+    parts: tuple[int, ...] = ()
 
     @property
     def width(self) -> int:
@@ -390,6 +394,8 @@ def find_targets(model: nn.Module, config: MethodConfig) -> list[Target]:
     Raises:
         ValueError: nothing matches, or the layer selection is invalid; the message says what was tried.
     """
+    if config.components():
+        return _mix_targets(model, config.components())
     if config.whole_model:
         return [model_target(model)]
     model_type = getattr(getattr(model, "config", None), "model_type", None)
@@ -441,6 +447,34 @@ def find_targets(model: nn.Module, config: MethodConfig) -> list[Target]:
             "width inside an attn|attention child / elsewhere in the block). Set the config's target_modules."
         )
     return targets
+
+
+def _mix_targets(model: nn.Module, members: tuple[MethodConfig, ...]) -> list[Target]:
+    """The union of the members' places, one target per hooked module listing the members there (in member order).
+
+    Members meeting at one module must hook it the same way (mode, widths, input module): the mix runs them in
+    one module there, one after the other. Targets come in module order (the model's own root last).
+    """
+    merged: dict[str, Target] = {}
+    for i, member in enumerate(members):
+        for t in find_targets(model, member):
+            prev = merged.get(t.module)
+            if prev is None:
+                merged[t.module] = dataclasses.replace(t, parts=(i,))
+                continue
+            same = (prev.mode, prev.in_width, prev.out_width, prev.input_module, prev.channels_first)
+            if same != (t.mode, t.in_width, t.out_width, t.input_module, t.channels_first):
+                j = prev.parts[-1]
+                raise ValueError(
+                    f"mix members {j} ({members[j].method}) and {i} ({member.method}) both hook "
+                    f"{t.module or 'the model'} but differently (modes {prev.mode!r} / {t.mode!r}); members that "
+                    "meet at a module must hook it the same way: move one with its layers or target_modules"
+                )
+            merged[t.module] = dataclasses.replace(prev, parts=(*prev.parts, i))
+    # Module order, as the model lists the attached slots (the root's slot is its last child): saved files record
+    # the targets in that order and loading matches them position by position.
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return sorted(merged.values(), key=lambda t: order[t.module] if t.module else len(order))
 
 
 # Linear projections that methods adapting single projections (LoRA, (IA)³) can ask for (``block_projections``).
