@@ -53,6 +53,7 @@ from .core.model import (
 from .methods.bottleneck import AdapterConfig, Bottleneck
 from .methods.compacter import CompacterConfig
 from .methods.ia3 import IA3Config
+from .methods.invertible import InvertibleConfig
 from .methods.lora import LoraConfig
 from .methods.mix import MixConfig
 from .methods.merge import merge_adapter, unmerge_adapter
@@ -70,6 +71,7 @@ __all__ = [
     "Fuse",
     "Fusion",
     "IA3Config",
+    "InvertibleConfig",
     "LoraConfig",
     "MethodConfig",
     "MixConfig",

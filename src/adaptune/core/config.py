@@ -60,6 +60,9 @@ class MethodConfig:
     # The method rewrites the whole model's inputs (prompt / prefix tuning): one "model"-mode target at the model
     # itself instead of places found by ``placement`` (``core.contract.ModelAdapter``).
     whole_model: ClassVar[bool] = False
+    # The method hooks the input embeddings' output and the input of the LM head that reads the output embeddings
+    # (invertible adapters, MAD-X): targets from ``core.placement.embedding_targets``, not from ``placement``.
+    at_embeddings: ClassVar[bool] = False
 
     placement: Placement = "ffn"
     layers: LayerSpec = None

@@ -398,6 +398,8 @@ def find_targets(model: nn.Module, config: MethodConfig) -> list[Target]:
         return _mix_targets(model, config.components())
     if config.whole_model:
         return [model_target(model)]
+    if config.at_embeddings:
+        return embedding_targets(model)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     projections = config.projections()
     if projections is not None and config.target_modules is None:
@@ -598,3 +600,45 @@ def model_target(model: nn.Module) -> Target:
     head_dim = getattr(cfg, "head_dim", None) or getattr(cfg, "hidden_size", emb.embedding_dim) // heads
     shape = ModelShape(emb.embedding_dim, sizes["num_hidden_layers"], kv_heads, head_dim)
     return Target(-1, "custom", "", emb.embedding_dim, emb.embedding_dim, "model", shape=shape)
+
+
+def embedding_targets(model: nn.Module) -> list[Target]:
+    """The places of an embedding-level method (``MethodConfig.at_embeddings``).
+
+    1. The input embeddings' output (mode ``"output"``); the output of their ``*embeddings`` container when there
+       is one, as in BERT (after position embeddings and the norm, where AdapterHub puts invertible adapters).
+    2. When the model has output embeddings, the input of its LM head (mode ``"input"``): the top-level child
+       holding the output embeddings (``lm_head``; BERT's whole ``cls`` MLM head).
+
+    Raises:
+        ValueError: no input embeddings, or an LM head reading another width than the embeddings write (ALBERT
+            factorises its embeddings); the message says which.
+    """
+    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    emb = get_in() if callable(get_in) else None
+    if not isinstance(emb, nn.Module) or getattr(emb, "weight", None) is None:
+        raise ValueError(f"{type(model).__name__}: no input embeddings (get_input_embeddings()) to place adapters at")
+    names = {id(m): n for n, m in model.named_modules()}
+    width = int(emb.weight.shape[1])
+    host = names[id(emb)]
+    parent = host.rpartition(".")[0]
+    if "embed" in parent.rpartition(".")[2]:  # BERT-style ``embeddings`` container: after positions and its norm
+        host = parent
+    targets = [Target(-1, "custom", host, width, width, "output")]
+    out = get_out() if callable(get_out) else None
+    if isinstance(out, nn.Module) and id(out) in names:
+        head = names[id(out)].split(".")[0]  # the top-level child that holds the output embeddings
+        reads = linear_dims(out)
+        head_in = reads[0] if head == names[id(out)] and reads else _first_linear_in(model.get_submodule(head))
+        if head_in != width:
+            raise ValueError(
+                f"{type(model).__name__}: the LM head {head} reads width {head_in} but the embeddings write {width}; "
+                "an invertible adapter needs both sides the same width"
+            )
+        targets.append(Target(-1, "custom", head, width, width, "input"))
+    return targets
+
+
+def _first_linear_in(module: nn.Module) -> int | None:
+    """In-features of the first projection inside ``module`` (what an LM head made of several layers reads)."""
+    return next((dims[0] for m in module.modules() if (dims := linear_dims(m)) is not None), None)

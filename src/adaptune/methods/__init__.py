@@ -6,7 +6,7 @@ line a new method adds outside its own file. What that file must provide is writ
 """
 
 from ..core.contract import register_method
-from . import bottleneck, compacter, ia3, lora, mix, prefix, prompt
+from . import bottleneck, compacter, ia3, invertible, lora, mix, prefix, prompt
 
 register_method(bottleneck.METHOD)
 register_method(lora.METHOD)
@@ -14,4 +14,5 @@ register_method(ia3.METHOD)
 register_method(prompt.METHOD)
 register_method(prefix.METHOD)
 register_method(compacter.METHOD)
+register_method(invertible.METHOD)
 register_method(mix.METHOD)

@@ -13,7 +13,9 @@ parameters (under ``parts.<i>.``, ``i`` its index in ``parts``). Members meeting
 mode cannot be chained (each re-normalises), so such a mix is refused when built.
 
 Presets: ``MixConfig.mam()`` = prefix tuning + a parallel bottleneck beside every FFN (scaling 4);
-``MixConfig.unipelt()`` = LoRA on q/v + prefix tuning + a gated bottleneck after every FFN. UniPELT also gates
+``MixConfig.unipelt()`` = LoRA on q/v + prefix tuning + a gated bottleneck after every FFN; ``MixConfig.madx()`` =
+a MAD-X language adapter: a pfeiffer bottleneck (reduction 2) + an invertible coupling on the embeddings
+(``methods.invertible``). UniPELT also gates
 its LoRA and prefix members; adaptune's LoRA and prefix have no gate, so this mix gates the bottleneck only.
 """
 
@@ -30,6 +32,7 @@ from torch import nn
 from ..core.config import MethodConfig
 from ..core.contract import AdapterModule, Method, ModelAdapter, build_adapter, config_from_dict, share_parameters
 from .bottleneck import AdapterConfig
+from .invertible import InvertibleConfig
 from .lora import LoraConfig
 from .prefix import PrefixConfig
 
@@ -48,7 +51,12 @@ def _unipelt() -> tuple[MethodConfig, ...]:
     return LoraConfig(), PrefixConfig(prefix_length=10), AdapterConfig.pfeiffer(gate=True)
 
 
-MIX_PRESETS: dict[str, Callable[[], tuple[MethodConfig, ...]]] = {"mam": _mam, "unipelt": _unipelt}
+def _madx() -> tuple[MethodConfig, ...]:
+    # A MAD-X language adapter: pfeiffer bottleneck (reduction 2, as in the paper) + the invertible coupling.
+    return AdapterConfig.pfeiffer(reduction_factor=2), InvertibleConfig()
+
+
+MIX_PRESETS: dict[str, Callable[[], tuple[MethodConfig, ...]]] = {"mam": _mam, "unipelt": _unipelt, "madx": _madx}
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,7 @@ class MixConfig(MethodConfig):
         parts: the member configs (at least two; no mix inside a mix). Given as configs or as the dicts
             ``to_dict`` writes. Each member says where it goes; the mix's own ``placement`` / ``layers`` /
             ``target_modules`` are not used and must stay unset.
-        preset: ``"mam"`` or ``"unipelt"`` (``MIX_PRESETS``): builds ``parts`` when none are given (default
+        preset: ``"mam"``, ``"unipelt"`` or ``"madx"`` (``MIX_PRESETS``): builds ``parts`` when none are given (default
             ``"mam"``); kept as a label when they are.
     """
 
@@ -67,7 +75,8 @@ class MixConfig(MethodConfig):
 
     parts: tuple[Any, ...] = ()
     preset: str | None = field(
-        default=None, metadata={"help": "members when none are given: mam | unipelt", "choices": tuple(MIX_PRESETS)}
+        default=None,
+        metadata={"help": "members when none are given: mam | unipelt | madx", "choices": tuple(MIX_PRESETS)},
     )
 
     def __post_init__(self) -> None:
@@ -108,6 +117,12 @@ class MixConfig(MethodConfig):
     def mam(cls) -> MixConfig:
         """MAM adapter: prefix tuning (30 positions) + a parallel bottleneck beside each FFN (scaling 4)."""
         return cls(preset="mam")
+
+    @classmethod
+    def madx(cls) -> MixConfig:
+        """MAD-X language adapter: a pfeiffer bottleneck (reduction 2) + an invertible NICE coupling on the
+        embeddings (inverted before the LM head)."""
+        return cls(preset="madx")
 
     @classmethod
     def unipelt(cls) -> MixConfig:
