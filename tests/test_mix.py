@@ -132,7 +132,7 @@ def test_mix_config_round_trip_and_shared_compacter_rule() -> None:
     [
         ({"parts": (LoraConfig(),)}, "at least two"),
         ({"parts": (MixConfig.mam(), LoraConfig())}, "cannot hold another mix"),
-        ({"preset": "madx"}, "one of"),
+        ({"preset": "nope"}, "one of"),
         ({"parts": (LoraConfig(), {"method": "nope"})}, r"parts\[1\].*not a known adapter method"),
         ({"parts": (LoraConfig(), PrefixConfig()), "layers": "0"}, "belong to each member"),
     ],
