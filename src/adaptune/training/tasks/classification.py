@@ -1,4 +1,7 @@
-"""Sequence classification: ``AutoModelForSequenceClassification``; accuracy and macro-F1, plus held-out loss."""
+"""Sequence classification: ``AutoModelForSequenceClassification``; accuracy and macro-F1, plus held-out loss.
+
+Decoder classifiers (a ``score`` head on the last token) pool each row's last real token by its attention mask,
+whatever the padding side and even where the pad token is EOS (``last_token``)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from torch import nn
 from ..data.datasets import check_labels
 from ..data.example import Example
 from .base import Encoder, EvalOptions, Task, batches, device_of, load_tokenizer, progress, set_pad_id
+from .last_token import pool_last_token
 
 __all__ = ["Classification", "classification_metrics", "encode_classification", "predict_labels", "tokenize_texts"]
 
@@ -83,7 +87,11 @@ class Classification(Task):
             label2id={name: i for i, name in enumerate(names)},
             dtype=torch.float32,
         )
-        set_pad_id(model, tok)
+        set_pad_id(model, tok)  # Transformers refuses a batch of several rows to a decoder classifier without one
+        if pool_last_token(model):
+            # The pooling reads the mask, so either side pools the right token; right padding also leaves prompt /
+            # prefix tuning's virtual tokens where an unpadded text has them (and a sliding window over them).
+            tok.padding_side = "right"
         return model, tok
 
     def encoder(self, tok: Any, labels: Sequence[str] | None, max_length: int) -> Encoder:
