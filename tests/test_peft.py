@@ -97,8 +97,8 @@ def test_other_peft_types_and_stray_tensors_are_refused(tmp_path: Path) -> None:
     folder = tmp_path / "f"
     shutil.copytree(FIXTURES / "bert_lora", folder)
     cfg = json.loads((folder / "adapter_config.json").read_text())
-    (folder / "adapter_config.json").write_text(json.dumps({**cfg, "peft_type": "PREFIX_TUNING"}))
-    with pytest.raises(ValueError, match="peft_type='PREFIX_TUNING' is not supported"):
+    (folder / "adapter_config.json").write_text(json.dumps({**cfg, "peft_type": "P_TUNING"}))
+    with pytest.raises(ValueError, match="peft_type='P_TUNING' is not supported"):
         adaptune.load_peft(deterministic_base("bert"), folder)
     (folder / "adapter_config.json").write_text(json.dumps(cfg))
     from safetensors.torch import save_file

@@ -69,7 +69,7 @@ def load_folder(
     if kind is FolderKind.PEFT_ADAPTER:
         from .peft import load_peft
 
-        return load_peft(model, folder, name=unique_name(model, folder), activate=activate)
+        return load_peft(model, folder, name=unique_name(model, folder), activate=activate, load_head=load_head)
     from .native import load_adapter
 
     return load_adapter(model, folder, name=unique_name(model, folder), activate=activate, load_head=load_head)

@@ -1,5 +1,8 @@
 """peft folders: load peft LoRA / (IA)³ adapters into adaptune, and export adaptune's to a folder peft loads.
 
+Prompt-learning folders (``PROMPT_TUNING``, ``PREFIX_TUNING``) are read by ``formats.peft_prompt``; ``load_peft``
+dispatches on ``peft_type``.
+
 A peft folder holds ``adapter_config.json`` (with ``peft_type``) and ``adapter_model.safetensors`` (or the
 pickle ``adapter_model.bin``, read with ``torch.load(weights_only=True)``: tensors only, never code). Keys are
 ``base_model.model.<module>.lora_A.weight`` / ``.lora_B.weight`` (LoRA; shapes (r, in) / (out, r), as adaptune's
@@ -30,6 +33,7 @@ from ..methods.ia3 import IA3Config
 from ..methods.lora import LoraConfig
 from ..util import atomic_dir_write, read_json_object
 from .names import PEFT_CONFIG, PEFT_WEIGHTS, PEFT_WEIGHTS_BIN
+from .peft_prompt import PROMPT_TYPES, load_peft_prompt
 from .tensors import copy_checked_tensor, read_tensors
 
 __all__ = ["is_peft_folder", "load_peft", "save_peft"]
@@ -60,7 +64,8 @@ def _check_keys(cfg: dict[str, Any], source: Path) -> str:
     """The adaptune method of a peft config; refuses any setting adaptune would not reproduce, naming the key."""
     method = _TYPES.get(cfg.get("peft_type"))  # type: ignore[arg-type]
     if method is None:
-        raise ValueError(f"{source}: peft_type={cfg.get('peft_type')!r} is not supported (supported: LORA, IA3)")
+        supported = ", ".join(["LORA", "IA3", *PROMPT_TYPES])
+        raise ValueError(f"{source}: peft_type={cfg.get('peft_type')!r} is not supported (supported: {supported})")
     for key, value in cfg.items():
         if key not in _READ and key not in _IGNORED and value not in (None, False, "none", {}, [], ""):
             raise ValueError(f"{source}: peft setting {key}={value!r} is not supported by adaptune")
@@ -117,15 +122,22 @@ def _config(method: str, cfg: dict[str, Any], weights: dict[str, dict[str, torch
 
 
 def load_peft(
-    model: nn.Module, folder: str | os.PathLike[str], name: str | None = None, *, activate: bool = True
+    model: nn.Module,
+    folder: str | os.PathLike[str],
+    name: str | None = None,
+    *,
+    activate: bool = True,
+    load_head: bool = True,
 ) -> str:
-    """Load a peft LoRA or (IA)³ folder into ``model`` as an adaptune adapter; returns its name.
+    """Load a peft LoRA, (IA)³, prompt-tuning or prefix-tuning folder into ``model`` as an adaptune adapter; returns
+    its name.
 
     Args:
         model: the base the adapter was trained on (``XModel`` or a task class around it).
         folder: a peft ``save_pretrained`` folder.
         name: the adapter's name (default: the folder's name made into an identifier).
         activate: make it the only active adapter.
+        load_head: also copy a task head peft saved with the adapter (prompt learning's ``modules_to_save``).
 
     Raises:
         FileNotFoundError: a file is missing. ValueError: an unsupported ``peft_type`` or setting (named), a
@@ -134,11 +146,15 @@ def load_peft(
     src = Path(folder)
     cfg_path = src / PEFT_CONFIG
     cfg = read_json_object(cfg_path)
+    name = name or ("".join(c if c.isalnum() else "_" for c in src.name).lstrip("0123456789") or "peft")
+    if cfg.get("peft_type") in PROMPT_TYPES:
+        state, weights_path = _read_weights(src)
+        paths = (cfg_path, weights_path)
+        return load_peft_prompt(model, cfg, state, name, paths=paths, activate=activate, load_head=load_head)
     method = _check_keys(cfg, cfg_path)
     state, weights_path = _read_weights(src)
     saved = _grouped(state, method, weights_path)
     weights = {_module_path(model, path, weights_path): tensors for path, tensors in saved.items()}
-    name = name or ("".join(c if c.isalnum() else "_" for c in src.name).lstrip("0123456789") or "peft")
     add_adapter(model, name, _config(method, cfg, weights), activate=False)
     try:
         with torch.no_grad():

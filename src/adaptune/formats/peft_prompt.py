@@ -1,0 +1,169 @@
+"""peft prompt-learning folders: ``PROMPT_TUNING`` and ``PREFIX_TUNING`` adapters as adaptune prompt / prefix adapters.
+
+peft saves one tensor, ``prompt_embeddings`` (``get_peft_model_state_dict``), plus a sequence classifier's head:
+
+- ``PROMPT_TUNING``: (P, token_dim) soft-prompt embeddings that peft puts before the token embeddings of every call
+  (before [CLS] on an encoder, so BERT's pooler reads the first virtual token; ``token_type_ids`` / ``labels`` get 0 /
+  -100 there, the attention mask ones). That is adaptune's ``PromptConfig(position="start")``. peft drops explicit
+  ``position_ids`` (with a warning) and adaptune shifts them, so both give the model's own positions 0 .. P+T-1 when
+  none are passed.
+- ``PREFIX_TUNING``: (P, num_layers·2·token_dim); layer l's keys are columns block 2l, its values block 2l + 1, each
+  viewed (num_attention_heads, token_dim / num_attention_heads): adaptune's ``PrefixTuning.prefix`` layout, with
+  peft's ``num_attention_heads`` the model's key/value heads. With ``prefix_projection`` peft saves the prefix its
+  MLP computes, never the MLP, so the loaded adapter is always the folded form (``PrefixConfig(reparam=False)``).
+- With ``task_type="SEQ_CLS"`` peft trains the head (``modules_to_save``: ``classifier`` / ``score``) and saves it as
+  ``base_model.<path>`` (or ``base_model.model.<path>``); it is copied into the model's head, as adaptune's own folders
+  do (``load_head``).
+
+Refused with the key named: encoder-decoder layouts (``num_transformer_submodules=2``, ``task_type=SEQ_2_SEQ_LM``),
+task types whose peft forward adaptune does not reproduce, and sizes that do not fit the model. Keys that only say
+how peft initialised the prompt (``prompt_tuning_init``, its text and tokenizer) are ignored: the weights are saved.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.config import MethodConfig
+from ..core.model import adapter_modules, add_adapter, delete_adapter, set_active
+from ..core.placement import model_target
+from ..methods.prefix import PrefixConfig
+from ..methods.prompt import PromptConfig
+from .tensors import copy_checked_tensor, copy_head
+
+__all__ = ["PROMPT_TYPES", "load_peft_prompt"]
+
+PROMPT_TYPES = {"PROMPT_TUNING": "prompt", "PREFIX_TUNING": "prefix"}
+_KEY = "prompt_embeddings"
+# task types whose peft forward is "prompt / prefix in front, then the base model's own forward"
+_TASKS = (None, "CAUSAL_LM", "SEQ_CLS", "FEATURE_EXTRACTION")
+# Keys read below, and keys that only say how peft initialised the prompt or where the base came from.
+_READ = {
+    "peft_type",
+    "task_type",
+    "num_virtual_tokens",
+    "token_dim",
+    "num_layers",
+    "num_attention_heads",
+    "num_transformer_submodules",
+    "modules_to_save",
+    "prefix_projection",
+    "encoder_hidden_size",
+}
+_IGNORED = {
+    "auto_mapping", "base_model_name_or_path", "revision", "inference_mode", "peft_version", "init_weights",
+    "prompt_tuning_init", "prompt_tuning_init_text", "tokenizer_name_or_path", "tokenizer_kwargs",
+}  # fmt: skip
+
+
+def _int(cfg: dict[str, Any], key: str, source: Path) -> int:
+    value = cfg.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{source}: peft setting {key}={value!r}, expected an integer >= 1")
+    return value
+
+
+def _check_keys(cfg: dict[str, Any], source: Path) -> None:
+    """Refuse any setting adaptune would not reproduce, naming the key and its value."""
+    for key, value in cfg.items():
+        if key not in _READ and key not in _IGNORED and value not in (None, False, "none", {}, [], ""):
+            raise ValueError(f"{source}: peft setting {key}={value!r} is not supported by adaptune")
+    if cfg.get("num_transformer_submodules") not in (None, 1):
+        raise ValueError(
+            f"{source}: peft setting num_transformer_submodules={cfg['num_transformer_submodules']!r} (an "
+            "encoder-decoder's prompt for both stacks) is not supported; adaptune reads 1"
+        )
+    if cfg.get("task_type") not in _TASKS:
+        raise ValueError(
+            f"{source}: peft setting task_type={cfg['task_type']!r} is not supported for {cfg['peft_type']} "
+            f"(supported: {', '.join(str(t) for t in _TASKS)})"
+        )
+
+
+def _config(model: nn.Module, cfg: dict[str, Any], source: Path) -> MethodConfig:
+    """The adaptune config of a peft prompt / prefix config, after checking its sizes against ``model``."""
+    n, dim = _int(cfg, "num_virtual_tokens", source), _int(cfg, "token_dim", source)
+    shape = model_target(model).shape
+    assert shape is not None  # model_target always measures the model
+    if PROMPT_TYPES[cfg["peft_type"]] == "prompt":
+        if dim != shape.hidden:
+            raise ValueError(
+                f"{source}: peft setting token_dim={dim}, but the model's embeddings are {shape.hidden} wide"
+            )
+        return PromptConfig(num_virtual_tokens=n, position="start")
+    width = shape.kv_heads * shape.head_dim
+    expected = {"num_layers": shape.layers, "num_attention_heads": shape.kv_heads, "token_dim": width}
+    for key, want in expected.items():
+        if _int(cfg, key, source) != want:
+            raise ValueError(
+                f"{source}: peft setting {key}={cfg[key]} does not fit {type(model).__name__} (expected {want}: "
+                f"{shape.layers} layers, {shape.kv_heads} key/value heads of width {shape.head_dim})"
+            )
+    return PrefixConfig(prefix_length=n, reparam=False)
+
+
+def _head_tensors(state: dict[str, torch.Tensor], cfg: dict[str, Any], source: Path) -> dict[str, torch.Tensor]:
+    """The saved head as model state-dict keys; any tensor that is neither the prompt nor a saved module is refused."""
+    heads = set(cfg.get("modules_to_save") or ())
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key == _KEY:
+            continue
+        path = key.removeprefix("base_model.").removeprefix("model.")
+        if not key.startswith("base_model.") or path.split(".", 1)[0] not in heads:
+            raise ValueError(f"{source}: tensor {key!r} is neither {_KEY!r} nor a module of modules_to_save")
+        out[path] = value
+    return out
+
+
+def load_peft_prompt(
+    model: nn.Module,
+    cfg: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    name: str,
+    *,
+    paths: tuple[Path, Path],
+    activate: bool = True,
+    load_head: bool = True,
+) -> str:
+    """Load a peft PROMPT_TUNING / PREFIX_TUNING folder's config ``cfg`` and tensors ``state`` as adapter ``name``.
+
+    Args:
+        model: the base the adapter was trained on.
+        cfg: the folder's ``adapter_config.json``.
+        state: the folder's tensors.
+        name: the new adapter's name.
+        paths: the config file and the weights file (named in errors).
+        activate: make it the only active adapter.
+        load_head: also copy a saved sequence-classification head into ``model`` (peft's ``modules_to_save``).
+
+    Returns:
+        ``name``.
+
+    Raises:
+        ValueError: an unsupported setting (named), sizes that do not fit the model, a missing or unexpected tensor.
+    """
+    cfg_path, weights_path = paths
+    _check_keys(cfg, cfg_path)
+    config = _config(model, cfg, cfg_path)
+    if _KEY not in state:
+        raise ValueError(f"{weights_path}: no {_KEY!r} tensor (peft's saved prompt); keys: {sorted(state)[:5]}")
+    head = _head_tensors(state, cfg, weights_path)
+    add_adapter(model, name, config, activate=False)
+    try:
+        with torch.no_grad():
+            (path, module), *_ = adapter_modules(model, name).items()
+            target = module.prompt if isinstance(config, PromptConfig) else module.prefix
+            copy_checked_tensor(target, state[_KEY], f"{_KEY} (for {path})", weights_path)
+        if head and load_head:
+            copy_head(model, head, weights_path)
+    except Exception:
+        delete_adapter(model, name)  # never leave a half-loaded adapter behind
+        raise
+    if activate:
+        set_active(model, [name])
+    return name
