@@ -21,7 +21,13 @@ from .config import RunConfig
 from .data.datasets import Dataset
 from .tasks import task_named
 
-__all__ = ["build_model", "rebuild_unsharded", "save_result", "set_run_precision"]
+__all__ = ["build_model", "rebuild_unsharded", "run_heads", "save_result", "set_run_precision"]
+
+
+def run_heads(cfg: RunConfig, model: torch.nn.Module) -> tuple[str, ...]:
+    """The modules that train and are saved with the adapter: the default task heads, a head the task initialised
+    from scratch (a masked-LM head for a checkpoint without one), and ``--train-modules``."""
+    return (*DEFAULT_HEADS, *task_named(cfg.task).trained_heads(model), *cfg.train_modules)
 
 
 def build_model(cfg: RunConfig, data: Dataset) -> tuple[torch.nn.Module, Any, Any, Any]:
@@ -30,7 +36,7 @@ def build_model(cfg: RunConfig, data: Dataset) -> tuple[torch.nn.Module, Any, An
     missing = [m for m in cfg.train_modules if m not in head_modules(model, cfg.train_modules)]
     if missing:
         raise ValueError(f"--train-modules: {type(model).__name__} has no module {missing[0]!r}")
-    heads = (*DEFAULT_HEADS, *cfg.train_modules)
+    heads = run_heads(cfg, model)
     fuse = None
     if cfg.fuse_from:
         from ..methods.fusion import add_fusion, train_fusion
@@ -85,9 +91,9 @@ def save_result(cfg: RunConfig, model: torch.nn.Module, out: Path, labels: list[
     if fuse is not None:
         from ..formats.fusion import save_fusion
 
-        folder = save_fusion(model, fuse, out / "fusion", heads=(*DEFAULT_HEADS, *cfg.train_modules))
+        folder = save_fusion(model, fuse, out / "fusion", heads=run_heads(cfg, model))
     elif cfg.adapter is not None:
-        folder = save_adapter(model, cfg.name, out / "adapter", heads=(*DEFAULT_HEADS, *cfg.train_modules))
+        folder = save_adapter(model, cfg.name, out / "adapter", heads=run_heads(cfg, model))
     else:
         folder = out / "model"
         model.save_pretrained(folder)

@@ -24,7 +24,8 @@ from .readers import FILE_READERS, Records, reader_for_suffix
 
 __all__ = ["DataError", "Dataset", "Example", "Records", "check_labels", "load_dataset", "read_file", "read_texts"]
 
-TASKS = ("classification", "qa", "causal-lm")
+TASKS = ("classification", "qa", "causal-lm", "language-modeling")
+LM = "language-modeling"  # unlabeled text: any text column, a .txt file (one text per line), any built-in's texts
 SPLITS = ("train", "validation", "test")
 # A file's own split column may also say val/valid/dev.
 _SPLIT_NAMES = {"train": "train", "test": "test"} | dict.fromkeys(("validation", "val", "valid", "dev"), "validation")
@@ -117,7 +118,9 @@ def _rows_to_records(
     splits: list[str] = []
     for line, row in rows:
         at = f"{name}:{line}"
-        if task == "classification":  # labels are names: " pos" in a hand-written CSV means "pos"
+        if task == LM:  # only the text: labels and answers of the file are not used
+            ex = Example(field_value(row, text, at), source=at)
+        elif task == "classification":  # labels are names: " pos" in a hand-written CSV means "pos"
             ex = Example(field_value(row, text, at), label=field_value(row, label, at).strip(), source=at)
         elif task == "qa":
             ex = Example(field_value(row, text, at), target=field_value(row, target, at), source=at)
@@ -138,6 +141,24 @@ def _rows_to_records(
                 raise DataError(f"{at}: field 'split' is {show_value(value)}; expected train, validation or test")
             splits.append(_SPLIT_NAMES[value.strip().lower()])
     return Records(task, examples, splits if split is not None else None)
+
+
+def _read_lines(path: Path, name: str) -> Records:
+    """Unlabeled text for language modelling: one example per non-blank line of a UTF-8 ``.txt`` file."""
+    examples = []
+    for i, line in enumerate(decode_utf8(path.read_bytes(), name).splitlines(), 1):
+        if len(line) > MAX_FIELD_CHARS:
+            raise DataError(f"{name}:{i}: the line is {len(line):,} characters; the limit is {MAX_FIELD_CHARS:,}")
+        if line.strip():
+            examples.append(Example(line.strip(), source=f"{name}:{i}"))
+    if not examples:
+        raise DataError(f"{name}: no text: every line is blank")
+    return Records(LM, examples)
+
+
+def _as_text(examples: list[Example]) -> list[Example]:
+    """A built-in's examples as unlabeled text (question and answer of a dialog pair become one text)."""
+    return [Example(f"{e.text} {e.target}".strip() if e.target else e.text, source=e.source) for e in examples]
 
 
 def _read_folder(folder: Path, name: str) -> Records:
@@ -194,6 +215,8 @@ def read_file(
                 f"expected {', '.join(reader.suffixes)}"
             )
         return reader.read(path, name)
+    if task == LM and path.suffix.lower() == ".txt" and path.is_file():
+        return _read_lines(path, name)
     if path.is_dir():
         if task not in (None, "classification"):
             raise DataError(f"{name}: a label/*.txt folder is a classification dataset, not {task}")
@@ -304,9 +327,15 @@ def load_dataset(
         info = BUILTIN_DATASETS[spec]
         if text_column or label_column or target_column:
             raise DataError(f"{spec}: text_column/label_column/target_column apply to files, not built-in datasets")
-        if task not in (None, info.task) and {task, info.task} != {"qa", "causal-lm"}:
+        if task not in (None, info.task, LM) and {task, info.task} != {"qa", "causal-lm"}:
             raise DataError(f"{spec}: a built-in {info.task} dataset cannot be used for {task}")
-        records, split_task = Records(task or info.task, load_builtin(spec)), info.task
+        builtin = load_builtin(spec)
+        # A built-in keeps its own splits for language modelling too: a language adapter trained on a corpus's
+        # train texts never sees the texts its test split is scored on.
+        records, split_task = Records(task or info.task, builtin), info.task
+        if task == LM:
+            fixed = [assign_split(e, info.task, split_seed, val_fraction, test_fraction) for e in builtin]
+            records = Records(LM, _as_text(builtin), fixed)
     else:
         if not Path(spec).exists() and "/" not in spec and not Path(spec).suffix:
             raise DataError(f"{spec}: no such file or folder, nor a built-in dataset ({', '.join(BUILTIN_DATASETS)})")

@@ -16,6 +16,7 @@ from torch import nn
 from .base import EvalOptions, Task, batches
 from .causal_lm import CausalLm
 from .classification import Classification, classification_metrics, encode_classification, tokenize_texts
+from .language_modeling import LanguageModeling
 from .lm import LmEncoder, lm_loss, perplexity, token_loss_sums
 from .qa import Qa, qa_metrics
 from .registry import TASKS, register_task, task_named, task_names
@@ -42,6 +43,7 @@ __all__ = [
 register_task(Classification())
 register_task(Qa())
 register_task(CausalLm())
+register_task(LanguageModeling())
 
 
 def load_model(task: str, path: Path, labels: Sequence[str] | None = None) -> tuple[nn.Module, Any]:

@@ -81,6 +81,11 @@ class Task(ABC):
     ) -> None:
         """Refuse examples the saved model cannot score (e.g. unknown labels); nothing to check by default."""
 
+    def trained_heads(self, model: nn.Module) -> tuple[str, ...]:
+        """Modules of ``model`` beyond ``core.model.DEFAULT_HEADS`` that train and are saved with the adapter (a
+        head the task's load initialised from scratch); none by default."""
+        return ()
+
     @property
     def main_metric_key(self) -> str:
         """The key of the main metric in ``metrics.json`` (test split)."""
