@@ -24,6 +24,7 @@ Both read the ``attention_mask`` the base model is called with, so methods that 
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -56,17 +57,22 @@ def pool_last_token(model: nn.Module) -> bool:
     if not _pads_by_token_id(model) or pools_last_token(model):
         return False
     base = model.base_model
-    if "position_ids" in inspect.signature(base.forward).parameters:
+    if "position_ids" in _signature(type(base)).parameters:
         base.register_forward_pre_hook(_unpadded_positions, with_kwargs=True)
     base.register_forward_hook(_pool_hidden, with_kwargs=True)
     return True
+
+
+@functools.cache
+def _signature(cls: type) -> inspect.Signature:
+    return inspect.signature(cls.forward)  # per class, once: the hooks run on every forward
 
 
 def _argument(module: nn.Module, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Argument ``name`` of a call to ``module``, passed by keyword or by position."""
     if name in kwargs or not args:
         return kwargs.get(name)
-    return inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments.get(name)
+    return _signature(type(module)).bind_partial(module, *args, **kwargs).arguments.get(name)
 
 
 def _unpadded_positions(
