@@ -4,7 +4,8 @@
 Compared: a BERT classifier's logits (prompt + peft's saved head), a bare BERT's ``last_hidden_state`` (prefix), and
 a causal LM's logits at every position (prompt tuning keeps its virtual positions in front, as peft) plus the greedy
 tokens of ``generate`` (cache on and off) against peft's greedy decoding. Tolerance: max |Δ| <= 1e-5 (measured: 0
-to 2.4e-7, the folded prefix MLP's float rounding).
+to 2.4e-7, the folded prefix MLP's float rounding). adaptune's prompt / prefix adapters export to folders the real
+peft loads with adaptune's outputs.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
 
 import adaptune
 from adaptune.formats.detect import FolderKind, folder_kind, load_folder
 
 from .peft_cases import PROMPT_CASES, task_base
+from .tiny_models import tiny_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "peft"
 TOL = 1e-5
@@ -133,3 +136,45 @@ def test_unexpected_tensor_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"'base_model\.model\.lm_head\.weight' is neither"):
         adaptune.load_peft(model, folder)
     assert not adaptune.list_adapters(model)
+
+
+EXPORTS = {  # case -> (model type, peft task_type, adaptune config)
+    "llama_prompt": ("llama", "CAUSAL_LM", adaptune.PromptConfig(num_virtual_tokens=3)),
+    "llama_prefix_mlp": ("llama", "CAUSAL_LM", adaptune.PrefixConfig(prefix_length=2, reparam_hidden=8)),
+    "gpt2_prefix": ("gpt2", "CAUSAL_LM", adaptune.PrefixConfig(prefix_length=3, reparam=False)),
+    "bert_cls_prompt": ("bert", "SEQ_CLS", adaptune.PromptConfig(num_virtual_tokens=2)),
+    "bert_prefix": ("bert", "FEATURE_EXTRACTION", adaptune.PrefixConfig(prefix_length=2, reparam=False)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXPORTS))
+def test_export_loads_in_peft(case: str, tmp_path: Path) -> None:
+    peft = pytest.importorskip("peft")
+    model_type, task_type, config = EXPORTS[case]
+    model = task_base(model_type, task_type)
+    torch.manual_seed(3)
+    adaptune.add_adapter(model, "mine", config)
+    if task_type == "SEQ_CLS":  # a head trained along with the prompt goes into the folder
+        with torch.no_grad():
+            model.classifier.weight.mul_(-2)
+    inputs = _fixture(f"{model_type}_prompt")[1]  # a padded row; token_type_ids for BERT
+    if task_type == "FEATURE_EXTRACTION":  # peft's feature-extraction model drops token_type_ids (it warns)
+        inputs.pop("token_type_ids", None)
+    ours = _output(model, inputs)
+    out = adaptune.save_peft(model, "mine", tmp_path / "exported")
+    loaded = peft.PeftModel.from_pretrained(task_base(model_type, task_type), str(out)).eval()
+    assert (_output(loaded, inputs) - ours).abs().max().item() <= TOL
+    again = task_base(model_type, task_type)  # and back: adaptune reads its own export
+    adaptune.load_peft(again, out)
+    assert (_output(again, inputs) - ours).abs().max().item() <= TOL
+
+
+def test_export_refuses_what_peft_cannot_express(tmp_path: Path) -> None:
+    model = task_base("bert", "SEQ_CLS")
+    adaptune.add_adapter(model, "after", adaptune.PromptConfig(num_virtual_tokens=2, position="after_first"))
+    with pytest.raises(ValueError, match="position='after_first'; peft puts the prompt at the start only"):
+        adaptune.save_peft(model, "after", tmp_path / "a")
+    tagger = transformers.AutoModelForTokenClassification.from_config(tiny_config("bert"))
+    adaptune.add_adapter(tagger, "p", adaptune.PromptConfig(num_virtual_tokens=2))
+    with pytest.raises(ValueError, match="BertForTokenClassification: peft's prompt learning for this task class"):
+        adaptune.save_peft(tagger, "p", tmp_path / "b")

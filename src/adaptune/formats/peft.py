@@ -33,7 +33,7 @@ from ..methods.ia3 import IA3Config
 from ..methods.lora import LoraConfig
 from ..util import atomic_dir_write, read_json_object
 from .names import PEFT_CONFIG, PEFT_WEIGHTS, PEFT_WEIGHTS_BIN
-from .peft_prompt import PROMPT_TYPES, load_peft_prompt
+from .peft_prompt import PROMPT_TYPES, load_peft_prompt, save_peft_prompt
 from .tensors import copy_checked_tensor, read_tensors
 
 __all__ = ["is_peft_folder", "load_peft", "save_peft"]
@@ -175,15 +175,20 @@ def load_peft(
 
 
 def save_peft(model: nn.Module, name: str, out_dir: str | os.PathLike[str]) -> Path:
-    """Write adapter ``name`` (LoRA or (IA)³) as a peft folder: ``PeftModel.from_pretrained(base, out_dir)`` then
-    computes the same outputs. The folder names every adapted module exactly.
+    """Write adapter ``name`` (LoRA or (IA)³; prompt and prefix tuning via ``save_peft_prompt``) as a peft folder:
+    ``PeftModel.from_pretrained(base, out_dir)`` then computes the same outputs. The folder names every adapted
+    module exactly.
 
     Raises:
         ValueError: another method, or a host peft would build differently (1x1 ``nn.Conv1d``).
     """
     config = adapter_config(model, name)
+    if config.method in ("prompt", "prefix"):
+        return save_peft_prompt(model, name, out_dir)
     if not isinstance(config, (LoraConfig, IA3Config)):
-        raise ValueError(f"adapter {name!r} is a {config.method} adapter; peft folders hold LoRA or (IA)³ only")
+        raise ValueError(
+            f"adapter {name!r} is a {config.method} adapter; peft folders hold LoRA or (IA)³, prompt or prefix tuning"
+        )
     tensors: dict[str, torch.Tensor] = {}
     hosts: list[str] = []
     feedforward: list[str] = []

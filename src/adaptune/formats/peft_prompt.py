@@ -6,7 +6,8 @@ peft saves one tensor, ``prompt_embeddings`` (``get_peft_model_state_dict``), pl
   (before [CLS] on an encoder, so BERT's pooler reads the first virtual token; ``token_type_ids`` / ``labels`` get 0 /
   -100 there, the attention mask ones). That is adaptune's ``PromptConfig(position="start")``. peft drops explicit
   ``position_ids`` (with a warning) and adaptune shifts them, so both give the model's own positions 0 .. P+T-1 when
-  none are passed.
+  none are passed. peft's FEATURE_EXTRACTION model (a bare encoder) also drops ``token_type_ids``; adaptune keeps
+  them, so outputs agree when none (or all zeros) are passed.
 - ``PREFIX_TUNING``: (P, num_layers·2·token_dim); layer l's keys are columns block 2l, its values block 2l + 1, each
   viewed (num_attention_heads, token_dim / num_attention_heads): adaptune's ``PrefixTuning.prefix`` layout, with
   peft's ``num_attention_heads`` the model's key/value heads. With ``prefix_projection`` peft saves the prefix its
@@ -15,6 +16,10 @@ peft saves one tensor, ``prompt_embeddings`` (``get_peft_model_state_dict``), pl
   ``base_model.<path>`` (or ``base_model.model.<path>``); it is copied into the model's head, as adaptune's own folders
   do (``load_head``).
 
+``save_peft_prompt`` writes the reverse: a ``position="start"`` prompt or a prefix (folded first when it has the
+MLP) with the ``task_type`` of the model's class (``*ForCausalLM``, ``*ForSequenceClassification`` with its head, or
+a bare model), so ``PeftModel.from_pretrained`` gives adaptune's outputs.
+
 Refused with the key named: encoder-decoder layouts (``num_transformer_submodules=2``, ``task_type=SEQ_2_SEQ_LM``),
 task types whose peft forward adaptune does not reproduce, and sizes that do not fit the model. Keys that only say
 how peft initialised the prompt (``prompt_tuning_init``, its text and tokenizer) are ignored: the weights are saved.
@@ -22,20 +27,25 @@ how peft initialised the prompt (``prompt_tuning_init``, its text and tokenizer)
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from ..core.config import MethodConfig
-from ..core.model import adapter_modules, add_adapter, delete_adapter, set_active
+from ..core.model import adapter_config, adapter_modules, add_adapter, delete_adapter, head_modules, set_active
 from ..core.placement import model_target
 from ..methods.prefix import PrefixConfig
 from ..methods.prompt import PromptConfig
-from .tensors import copy_checked_tensor, copy_head
+from ..util import atomic_dir_write
+from .names import PEFT_CONFIG, PEFT_WEIGHTS
+from .tensors import copy_checked_tensor, copy_head, module_tensors
 
-__all__ = ["PROMPT_TYPES", "load_peft_prompt"]
+__all__ = ["PROMPT_TYPES", "load_peft_prompt", "save_peft_prompt"]
 
 PROMPT_TYPES = {"PROMPT_TUNING": "prompt", "PREFIX_TUNING": "prefix"}
 _KEY = "prompt_embeddings"
@@ -167,3 +177,60 @@ def load_peft_prompt(
     if activate:
         set_active(model, [name])
     return name
+
+
+def _task_type(model: nn.Module) -> str:
+    """peft's task type for ``model``'s class: only these three run "prompt in front, then the model" in peft."""
+    cls = type(model).__name__
+    if cls.endswith("ForCausalLM"):
+        return "CAUSAL_LM"
+    if cls.endswith("ForSequenceClassification"):
+        return "SEQ_CLS"
+    if cls.endswith("Model"):
+        return "FEATURE_EXTRACTION"
+    raise ValueError(f"{cls}: peft's prompt learning for this task class is not reproduced by adaptune; not exported")
+
+
+def save_peft_prompt(model: nn.Module, name: str, out_dir: str | os.PathLike[str]) -> Path:
+    """Write prompt- or prefix-tuning adapter ``name`` as a peft folder; ``PeftModel.from_pretrained(model's base,
+    out_dir)`` then computes adaptune's outputs (a reparameterised prefix is saved as the prefix its MLP computes,
+    as peft does). A sequence classifier's head goes along, as peft's ``modules_to_save``.
+
+    Raises:
+        ValueError: not a prompt / prefix adapter, a prompt at ``position="after_first"`` (peft has only the start),
+            or a model class whose peft forward differs (token classification, question answering, seq2seq).
+    """
+    config = adapter_config(model, name)
+    if not isinstance(config, (PromptConfig, PrefixConfig)):
+        raise ValueError(f"adapter {name!r} is a {config.method} adapter, not prompt or prefix tuning")
+    if isinstance(config, PromptConfig) and config.position != "start":
+        raise ValueError(f"adapter {name!r}: position={config.position!r}; peft puts the prompt at the start only")
+    task_type = _task_type(model)
+    shape = model_target(model).shape
+    assert shape is not None  # model_target always measures the model
+    module = next(iter(adapter_modules(model, name).values()))
+    values = module.prompt if isinstance(config, PromptConfig) else module.prefix_values()  # type: ignore[operator]
+    tensors = {_KEY: values.detach().float().contiguous().cpu()}
+    heads = head_modules(model) if task_type == "SEQ_CLS" else {}
+    tensors |= {f"base_model.{k}": v.float() for k, v in module_tensors(heads).items()}
+    prompt = isinstance(config, PromptConfig)
+    meta: dict[str, Any] = {
+        "peft_type": "PROMPT_TUNING" if prompt else "PREFIX_TUNING",
+        "task_type": task_type,
+        "base_model_name_or_path": getattr(getattr(model, "config", None), "_name_or_path", None) or None,
+        "inference_mode": True,
+        "num_virtual_tokens": config.num_virtual_tokens if prompt else config.prefix_length,
+        "num_layers": shape.layers,
+        "num_transformer_submodules": 1,
+        "modules_to_save": sorted(heads) or None,
+    }
+    if prompt:  # the prompt is saved; RANDOM only tells peft how to fill it before loading
+        meta |= {"token_dim": shape.hidden, "num_attention_heads": None, "prompt_tuning_init": "RANDOM"}
+    else:  # peft's prefix layout counts key/value heads (its GQA rule)
+        width = shape.kv_heads * shape.head_dim
+        meta |= {"token_dim": width, "num_attention_heads": shape.kv_heads, "prefix_projection": False}
+    files = {
+        PEFT_WEIGHTS: lambda p: save_file(tensors, str(p), metadata={"format": "pt"}),
+        PEFT_CONFIG: lambda p: p.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8"),
+    }
+    return atomic_dir_write(Path(out_dir), files)
