@@ -20,6 +20,8 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--jsonl", action="store_true", help="one JSON object per line")
+    p.add_argument("--context", help="extractive-qa: the passage the texts (questions) are asked about")
+    p.add_argument("--pairs", metavar="JSONL", help="extractive-qa: .jsonl, 'question' + 'context' per line")
     p.set_defaults(func=run)
 
 
@@ -28,7 +30,7 @@ def run(a: argparse.Namespace) -> int:
     from ..training.data.datasets import read_texts
     from ..training.tasks import EvalOptions, task_named
 
-    texts = list(a.texts)
+    texts, contexts = _qa_pairs(a)
     if a.file:
         texts += read_texts(a.file)
     if texts == ["-"]:
@@ -44,7 +46,31 @@ def run(a: argparse.Namespace) -> int:
         max_new_tokens=a.max_new_tokens,
     )
     with inference_context(model, info):
-        predictions = task.predict(model, tok, texts, options)
+        if contexts is not None or a.context is not None:
+            predictions = _answer(task, model, tok, texts, contexts or [a.context] * len(texts), options)
+        else:
+            predictions = task.predict(model, tok, texts, options)
     for text, pred in zip(texts, predictions, strict=True):
         print(json.dumps({"text": text, **pred}, ensure_ascii=False) if a.jsonl else task.show(text, pred))
     return 0
+
+
+def _qa_pairs(a: argparse.Namespace) -> tuple[list[str], list[str] | None]:
+    """The texts given as arguments, or the questions and contexts of ``--pairs`` (which stands alone)."""
+    if a.pairs is None:
+        return list(a.texts), None
+    if a.texts or a.file or a.context is not None:
+        raise ValueError("--pairs: the file holds the questions and contexts; give no texts, --file or --context")
+    from ..training.data.squad import read_qa_pairs
+
+    questions, contexts = read_qa_pairs(a.pairs)
+    return questions, contexts
+
+
+def _answer(task: Any, model: Any, tok: Any, questions: list[str], contexts: list[str], options: Any) -> list[Any]:
+    """Answers to questions about passages (``--context`` / ``--pairs``), for a task that takes them."""
+    from ..training.tasks.extractive_qa import ExtractiveQa
+
+    if not isinstance(task, ExtractiveQa):
+        raise ValueError(f"--context / --pairs: they are for extractive-qa; this model's task is {task.name}")
+    return task.answer(model, tok, questions, contexts, options)

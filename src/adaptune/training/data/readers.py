@@ -56,3 +56,12 @@ def reader_for_suffix(suffix: str) -> FileReader | None:
 
 
 # Registrations (one line per task with its own file format):
+from .squad import read_squad  # noqa: E402 - below the registry it fills; squad.py never imports this module
+
+# extractive-qa: SQuAD .json / .jsonl; only .json means the task by itself (.jsonl rows are the generic format)
+register_reader(
+    "extractive-qa",
+    lambda p, n: Records("extractive-qa", read_squad(p, n)),
+    (".json", ".jsonl", ".ndjson"),
+    (".json",),
+)

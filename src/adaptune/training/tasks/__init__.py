@@ -16,6 +16,7 @@ from torch import nn
 from .base import EvalOptions, Task, batches
 from .causal_lm import CausalLm
 from .classification import Classification, classification_metrics, encode_classification, tokenize_texts
+from .extractive_qa import ExtractiveQa
 from .language_modeling import LanguageModeling
 from .lm import LmEncoder, lm_loss, perplexity, token_loss_sums
 from .qa import Qa, qa_metrics
@@ -43,6 +44,7 @@ __all__ = [
 register_task(Classification())
 register_task(Qa())
 register_task(CausalLm())
+register_task(ExtractiveQa())
 register_task(LanguageModeling())
 
 
