@@ -124,3 +124,15 @@ def test_folders_that_do_not_say_their_task_are_clear_errors(
     (broken / "config.json").write_text(json.dumps({**config, "id2label": {"1": "pos", "2": "neg"}}))
     err = _error(capsys, ["predict", "--model", str(broken), "good film"])
     assert str(broken / "config.json") in err and "id2label" in err
+
+
+def test_full_finetune_of_a_decoder_classifier(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The reloaded decoder classifier pools its last real token again (the hooks come with load_model, not the files).
+    llama, data, out = make_model_dir(tmp_path, "llama"), split_csv(tmp_path / "split.csv"), tmp_path / "run"
+    args = ["train", "--model", str(llama), "--data", str(data), "--out", str(out), "--full-finetune", "--lr", "1e-3",
+            "--batch-size", "8", "--max-length", "16", "--max-steps", "3", "--precision", "fp32"]  # fmt: skip
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    ev = _eval_json(capsys, "--model", str(out / "model"), "--data", str(data), "--split", "test")
+    assert ev["accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert ev["loss"] == pytest.approx(metrics["test_loss"], rel=1e-5)
