@@ -17,7 +17,7 @@ from adaptune.training.data.datasets import DataError, load_dataset, read_file
 from adaptune.training.tasks import task_named
 from adaptune.training.tasks.language_modeling import mask_tokens
 
-from .cli_fixtures import make_model_dir, make_tokenizer, vocabulary
+from .cli_fixtures import make_model_dir, make_sentiment_csv, make_tokenizer, vocabulary
 
 # 48 distinct sentences of one pattern (splits are by content: duplicates would all land in one split).
 SENTENCES = [
@@ -141,3 +141,27 @@ def test_cli_causal_lm_language_adapter_lowers_the_loss(folders: dict[str, Path]
     assert after["perplexity"] == pytest.approx(torch.tensor(after["loss"]).exp().item(), rel=1e-5)
     assert main(["predict", "the film", "--max-new-tokens", "3", "--adapter", str(out / "adapter")]) == 0
     assert "=>" in capsys.readouterr().out
+
+
+def test_cli_madx_flow_language_adapter_under_a_task_adapter(
+    folders: dict[str, Path], tmp_path: Path, capsys: Any
+) -> None:
+    """Language adapter (MAD-X mix) on the causal LM -> task adapter trained with --stack-on on the classifier of the
+    same base (the LM head's inverse has no weights and is left out there) -> eval of Stack(lang, task)."""
+    lang, task = tmp_path / "lang", tmp_path / "task"
+    common = ["--model", str(folders["decoder"]), "--batch-size", "8", "--precision", "fp32", "--max-length", "16"]
+    argv = ["train", "--task", "language-modeling", "--data", str(folders["text"]), "--out", str(lang), *common]
+    assert main([*argv, "--method", "mix", "--mix-preset", "madx", "--max-steps", "3", "--name", "lang"]) == 0
+    csv = make_sentiment_csv(tmp_path / "s.csv")
+    argv = ["train", "--data", str(csv), "--out", str(task), "--stack-on", str(lang / "adapter"), *common]
+    assert main([*argv, "--max-steps", "3", "--name", "task"]) == 0
+    info = json.loads((task / "adapter" / "task.json").read_text())
+    assert info["task"] == "classification" and info["stacked_on"] == [str((lang / "adapter").resolve())]
+    saved = json.loads((task / "adapter" / "adapter_config.json").read_text())
+    assert saved["name"] == "task"  # only the task adapter is saved; the language adapter stays where it was
+    capsys.readouterr()
+    setup = ["--adapter", str(task / "adapter"), str(lang / "adapter"), "--setup", "Stack(lang, task)"]
+    assert main(["eval", *setup, "--data", str(csv), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    run = json.loads((task / "metrics.json").read_text())
+    assert 0 <= scores["accuracy"] <= 1 and run["test_accuracy"] >= 0

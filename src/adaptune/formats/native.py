@@ -144,11 +144,15 @@ def _read_config(meta: dict[str, Any], cfg: Path) -> MethodConfig:
     return config_from_dict({**config, "method": method}, source=str(cfg))
 
 
-def _check_base(model: nn.Module, config: MethodConfig, saved: dict[str, Any], source: Path) -> tuple[str, str]:
+def _check_base(
+    model: nn.Module, config: MethodConfig, saved: dict[str, Any], source: Path, weightless: set[str] = frozenset()
+) -> tuple[str, str]:
     """Refuse a different base; returns (saved prefix, model prefix) to map paths between head classes.
 
     An adapter trained in ``BertForSequenceClassification`` (paths ``bert.encoder...``) fits a ``BertModel``
-    (paths ``encoder...``): same blocks, other wrapper. Anything else that differs is an error.
+    (paths ``encoder...``): same blocks, other wrapper. Saved places holding no tensors (``weightless``: an
+    invertible adapter's inverse before an LM head) may be absent, so a language adapter trained on a causal LM
+    runs in a classifier of the same base. Anything else that differs is an error.
     """
     # Compare the coarse facts first: they explain a mismatch better than a failed layer selection does.
     try:
@@ -168,6 +172,8 @@ def _check_base(model: nn.Module, config: MethodConfig, saved: dict[str, Any], s
         raise ValueError(f"{source}: this adapter does not fit the model: {err}") from None
     saved_targets = list(saved.get("targets", []))
     mapping = _prefix_mapping(saved_targets, targets)
+    if mapping is None and weightless:
+        mapping = _prefix_mapping([t for t in saved_targets if t not in weightless], targets)
     if mapping is None:
         missing = sorted(set(saved_targets) - set(targets))[:3]
         raise ValueError(
@@ -222,8 +228,11 @@ def load_adapter(
     name = name or saved_name
     if not isinstance(name, str):
         raise ValueError(f"{src / CONFIG_FILE}: field 'name' missing; pass name=")
-    old_prefix, new_prefix = _check_base(model, config, meta["base"], src)
-    tensors = {_swap_prefix(k, old_prefix, new_prefix): v for k, v in read_tensors(src / WEIGHTS_FILE).items()}
+    stored = read_tensors(src / WEIGHTS_FILE)
+    held = {k.rpartition("adapters.")[0].rstrip(".") for k in stored}  # places with tensors ("" = the model root)
+    weightless = {t for t in meta["base"].get("targets", []) if t not in held}
+    old_prefix, new_prefix = _check_base(model, config, meta["base"], src, weightless)
+    tensors = {_swap_prefix(k, old_prefix, new_prefix): v for k, v in stored.items()}
     head_tensors = read_tensors(src / HEAD_FILE) if load_head and (src / HEAD_FILE).exists() else {}
 
     add_adapter(model, name, config, activate=False)

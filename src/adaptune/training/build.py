@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..core.base_dropout import set_base_dropout
+from ..core.composition import Stack
 from ..core.model import DEFAULT_HEADS, add_adapter, head_modules, train_adapter, trainable_summary
 from ..core.precision import Precision, resolve_precision, set_precision
 from ..formats.detect import unique_name
@@ -37,6 +38,8 @@ def build_model(cfg: RunConfig, data: Dataset) -> tuple[torch.nn.Module, Any, An
     if missing:
         raise ValueError(f"--train-modules: {type(model).__name__} has no module {missing[0]!r}")
     heads = run_heads(cfg, model)
+    if cfg.stack_on and (cfg.adapter is None or cfg.fuse_from):
+        raise ValueError("--stack-on trains a new adapter on top of saved ones: not with --full-finetune or fuse")
     fuse = None
     if cfg.fuse_from:
         from ..methods.fusion import add_fusion, train_fusion
@@ -46,6 +49,14 @@ def build_model(cfg: RunConfig, data: Dataset) -> tuple[torch.nn.Module, Any, An
         ]
         fuse = add_fusion(model, names)
         summary = train_fusion(model, fuse, heads=heads, regularization=cfg.fusion_reg)
+    elif cfg.adapter is not None and cfg.stack_on:
+        below = [
+            load_adapter(model, d, name=unique_name(model, d), activate=False, load_head=False) for d in cfg.stack_on
+        ]
+        if cfg.name in below:
+            raise ValueError(f"--name {cfg.name!r} is taken by a --stack-on adapter; pick another --name")
+        add_adapter(model, cfg.name, cfg.adapter, activate=False)
+        summary = train_adapter(model, cfg.name, heads=heads, setup=Stack(*below, cfg.name))
     elif cfg.adapter is not None:
         add_adapter(model, cfg.name, cfg.adapter)
         summary = train_adapter(model, cfg.name, heads=heads)
@@ -99,5 +110,7 @@ def save_result(cfg: RunConfig, model: torch.nn.Module, out: Path, labels: list[
         model.save_pretrained(folder)
     # What eval/predict need to rebuild the model around the adapter.
     info = {"task": cfg.task, "labels": labels, "model": cfg.model, "max_length": cfg.max_length}
+    if cfg.stack_on:  # trained on top of these (eval: --adapter THEM... OUT/adapter --setup 'Stack(...)')
+        info["stacked_on"] = [str(Path(d).resolve()) for d in cfg.stack_on]
     write_json_atomic(folder / TASK_FILE, info)
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())

@@ -34,6 +34,14 @@ class RunConfig:
     train_modules: tuple[str, ...] = field(
         default=(), metadata=option("extra modules trained and saved with the head (e.g. bert.pooler)")
     )
+    # saved adapters that run frozen below the new one (MAD-X: a language adapter under a task adapter)
+    stack_on: tuple[str, ...] = field(
+        default=(),
+        metadata=option(
+            "saved adapter folders that run frozen below the new adapter: trains Stack(those..., new)",
+            commands=("train",),
+        ),
+    )
     # saved adapter folders to fuse (AdapterFusion) instead of a new adapter
     fuse_from: tuple[str, ...] = field(
         default=(), metadata=option("saved adapter folders to fuse (2 or more)", commands=("fuse",), flag="--adapters")
