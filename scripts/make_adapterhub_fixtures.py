@@ -36,8 +36,13 @@ from adapters import AutoAdapterModel, Fuse, Stack
 from adapters.configuration import (
     AdapterConfig,
     AdapterFusionConfig,
+    CompacterConfig,
+    CompacterPlusPlusConfig,
     DoubleSeqBnConfig,
+    IA3Config,
+    LoRAConfig,
     ParBnConfig,
+    PrefixTuningConfig,
     SeqBnConfig,
 )
 from safetensors.torch import save_file
@@ -200,6 +205,37 @@ def _cases():
         "a",
         note="par_bn with reduction_factor 16 instead of the default 2 (384//2=192 would make a 3.5 MB file)",
     )
+    # Other methods (appended last: the adapter-init seed is ADAPTER_SEED + case index, so earlier cases keep theirs).
+    # LoRA / (IA)3: weights on the wrapped projections (`<proj>.loras.a.lora_A/B`); Compacter: bottleneck adapters with
+    # PHM projections; prefix tuning: one module for the whole model (`prefix_tunings.a.<location>.*`).
+    lora_all = dict(attn_matrices=["q", "k", "v"], intermediate_lora=True, output_lora=True)
+    add("bert_lora", "bert", one(LoRAConfig(r=4, alpha=8)), "a", safetensors=True)
+    add("bert_lora_all", "bert", one(LoRAConfig(r=4, alpha=16, leave_out=[1], **lora_all)), "a", safetensors=True)
+    lora_ffn = dict(intermediate_lora=True, output_lora=True)
+    add("gpt2_lora", "gpt2", one(LoRAConfig(r=4, alpha=8, **lora_ffn)), "a", safetensors=True)
+    add("llama_lora", "llama", one(LoRAConfig(r=4, alpha=8, **lora_all)), "a", safetensors=True)
+    add("bert_ia3", "bert", one(IA3Config()), "a", safetensors=True)
+    add("gpt2_ia3", "gpt2", one(IA3Config(alpha=2)), "a", safetensors=True)
+    add("llama_ia3", "llama", one(IA3Config(output_lora=True)), "a", safetensors=True)
+    add(
+        "bert_compacter",
+        "bert",
+        one(CompacterConfig(reduction_factor=4)),
+        "a",
+        safetensors=True,
+        note="reduction_factor 4: the default 32 gives a bottleneck of 1 on hidden 32, not a multiple of phm_dim 4",
+    )
+    add("bert_compacter_pp", "bert", one(CompacterPlusPlusConfig(reduction_factor=4)), "a", safetensors=True)
+    add(
+        "bert_compacter_full_w",  # PHM-Adapter: unfactorised fast weights, n = 2
+        "bert",
+        one(CompacterConfig(reduction_factor=4, factorized_phm_W=False, phm_dim=2)),
+        "a",
+        safetensors=True,
+    )
+    # prefix tuning: .bin only (adapters' safetensors save refuses the pool's weights, which every layer shares)
+    add("bert_prefix", "bert", one(PrefixTuningConfig(prefix_length=5, bottleneck_size=16)), "a")
+    add("bert_prefix_flat", "bert", one(PrefixTuningConfig(prefix_length=5, flat=True)), "a")
     return cases
 
 
@@ -281,11 +317,23 @@ def make_inputs(model_type: str, config):
     return ids, mask, {"pad_token_id_used": pad}
 
 
+# parameter-name parts of adapter weights: bottleneck / Compacter, fusion, LoRA and (IA)3, Compacter's shared
+# rule matrices, prefix tuning
+_ADAPTER_PARAM_MARKERS = (".adapters.", "adapter_fusion_layer", ".loras.", "shared_parameters.", "prefix_tunings.")
+
+
+def _lora_module(model, param_name: str):
+    return model.get_submodule(param_name.rsplit(".", 1)[0])
+
+
 @torch.no_grad()
 def randomize_adapter_params(model, case_idx: int):
     """Re-initialise every adapter / fusion / head parameter so outputs differ clearly from the base.
 
     Rules (params visited in sorted name order, torch.Generator seeded ADAPTER_SEED + case_idx):
+      * (IA)3 vectors (LoRA ``composition_mode="scale"``) -> 1 + N(0, 0.3²)
+      * flat prefix ``control_trans``                 -> N(0, 1)
+      * 3-D PHM tensors (n, p, q) (Compacter)         -> N(0, 1) / sqrt(n·p)
       * ``*.scaling`` (learned / channel)            -> U(0.5, 2.0)
       * ``adapter_norm_before|after.weight``          -> 1 + N(0, 0.2²);   their ``.bias`` -> N(0, 0.1²)
       * fusion ``value.weight``                       -> I + N(0, 0.1²)
@@ -295,10 +343,16 @@ def randomize_adapter_params(model, case_idx: int):
     g = torch.Generator().manual_seed(ADAPTER_SEED + case_idx)
     touched = []
     for name, p in sorted(model.named_parameters()):
-        if not (".adapters." in name or "adapter_fusion_layer" in name or name.startswith("heads.")):
+        if not any(m in name for m in _ADAPTER_PARAM_MARKERS) and not name.startswith("heads."):
             continue
         touched.append(name)
-        if name.endswith(".scaling"):
+        if ".loras." in name and getattr(_lora_module(model, name), "composition_mode", "") == "scale":
+            p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))  # (IA)3 vectors: around the identity 1
+        elif name.endswith(".control_trans"):  # flat prefix: key/value-sized values
+            p.copy_(torch.randn(p.shape, generator=g))
+        elif p.dim() == 3:  # PHM tensors (n, p, q): rule matrices and fast weights
+            p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[0] * p.shape[1]))
+        elif name.endswith(".scaling"):
             p.copy_(0.5 + 1.5 * torch.rand(p.shape, generator=g))
         elif "adapter_norm_" in name and name.endswith(".weight"):
             p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))

@@ -42,6 +42,8 @@ class PrefixConfig(MethodConfig):
         prefix_length: P, the number of prefix positions.
         reparam: compute the prefix through an MLP while training (``fold_prefix`` removes it).
         reparam_hidden: the MLP's hidden width.
+        shift_positions: the tokens' positions start after the prefix (P, as peft and the cache put them); False
+            keeps them at 0..T-1 as if there were no prefix (AdapterHub's prefix tuning).
     """
 
     method: ClassVar[str] = "prefix"
@@ -50,6 +52,7 @@ class PrefixConfig(MethodConfig):
     prefix_length: int = field(default=30, metadata={"help": "prefix positions P per layer"})
     reparam: bool = field(default=True, metadata={"help": "train the prefix through an MLP"})
     reparam_hidden: int = field(default=512, metadata={"help": "hidden width of the reparameterisation MLP"})
+    shift_positions: bool = field(default=True, metadata={"help": "token positions start after the prefix"})
 
     def _validate(self) -> None:
         super()._validate()
@@ -57,8 +60,9 @@ class PrefixConfig(MethodConfig):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise self._bad(name, "an integer >= 1")
-        if not isinstance(self.reparam, bool):
-            raise self._bad("reparam", "true or false")
+        for name in ("reparam", "shift_positions"):
+            if not isinstance(getattr(self, name), bool):
+                raise self._bad(name, "true or false")
 
 
 class PrefixTuning(ModelAdapter):
@@ -106,7 +110,10 @@ class PrefixTuning(ModelAdapter):
             out["attention_mask"] = torch.ones(b, n + past + t, dtype=torch.long, device=ref.device)
         elif mask.dim() == 2:
             out["attention_mask"] = widen(mask, torch.ones(b, n), 0)
-        if out.get("position_ids") is not None:
+        if not self.config.shift_positions:  # tokens keep the positions they would have without the prefix
+            if out.get("position_ids") is None:
+                out["position_ids"] = torch.arange(past, past + t, device=ref.device).unsqueeze(0).expand(b, -1)
+        elif out.get("position_ids") is not None:
             out["position_ids"] = out["position_ids"] + n
         out["cache"] = cache
         return out

@@ -1,6 +1,7 @@
 """AdapterHub ``adapters`` interop: read its adapter, head, fusion and setup folders; write adapters it reads.
 
-``adapter`` maps single adapters and heads, ``fusion`` reads fusion layers and setups, ``export`` writes
+``adapter`` maps single adapters and heads (bottlenecks via ``bn_config``; ``lora``, ``compacter`` and ``prefix`` for
+LoRA / (IA)³, Compacter and prefix tuning), ``fusion`` reads fusion layers and setups, ``export`` writes
 adaptune adapters in AdapterHub's format. Formulas: ``tests/fixtures/adapterhub/README.md``.
 """
 

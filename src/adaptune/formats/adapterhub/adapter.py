@@ -9,6 +9,10 @@ Their bottleneck configs map onto adaptune placements (formulas in ``tests/fixtu
 | ``par_bn``              | ``parallel``, scaling 4                   | LN(x + h + 4 f(x))               |
 | ``scaled_par_bn``       | ``parallel`` with a learned scalar        |                                  |
 
+Other AdapterHub methods load through the same ``load_adapterhub``, by the config's ``architecture``: ``lora``
+(LoRA and (IA)³, ``lora.py``), ``prefix_tuning`` (``prefix.py``), and bottlenecks with ``phm_layer`` (Compacter,
+Compacter++: ``compacter.py``).
+
 Weights are read from ``adapter.safetensors`` or ``pytorch_adapter.bin`` (``torch.load(weights_only=True)``: never
 code). A setting adaptune cannot express raises ``ValueError`` naming the key and value.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +30,13 @@ from torch import nn
 
 from ...core.model import adapter_modules, add_adapter, delete_adapter, set_active
 from ...core.placement import find_blocks
-from ...methods.bottleneck import AdapterConfig
 from ...util import read_json_object
 from ..names import HUB_CONFIG, HUB_HEAD_CONFIG
 from ..tensors import copy_checked_tensor
+from .bn_config import hub_location, layer_of, to_adaptune_config
+from .compacter import load_hub_compacter
+from .lora import load_hub_lora
+from .prefix import load_hub_prefix
 
 __all__ = [
     "hub_location",
@@ -41,28 +49,6 @@ __all__ = [
     "to_adaptune_config",
 ]
 
-_ACTIVATIONS = {
-    "relu": "relu",
-    "gelu": "gelu",
-    "gelu_new": "gelu_new",
-    "swish": "swish",
-    "silu": "silu",
-    "tanh": "tanh",
-    "linear": "identity",
-    "identity": "identity",
-}
-# Settings that must have these values (their defaults) for the math above to hold.
-_FIXED = {
-    "original_ln_after": True,
-    "residual_before_ln": True,
-    "adapter_residual_before_ln": False,
-    "use_gating": False,
-    "phm_layer": False,
-    "inv_adapter": None,
-    "cross_adapter": False,
-    "stochastic_depth": 0.0,
-}
-
 
 def is_adapterhub_folder(folder: str | Path) -> bool:
     """True for a folder written by AdapterHub's ``save_adapter`` (not by adaptune)."""
@@ -74,61 +60,6 @@ def is_adapterhub_folder(folder: str | Path) -> bool:
     except (ValueError, UnicodeDecodeError):
         return False
     return isinstance(meta, dict) and "format" not in meta and isinstance(meta.get("config"), dict)
-
-
-def to_adaptune_config(cfg: dict[str, Any], num_layers: int, source: str = HUB_CONFIG) -> AdapterConfig:
-    """The AdapterConfig equivalent to an AdapterHub bottleneck config dict.
-
-    Raises:
-        ValueError: a key/value adaptune cannot express (named in the message).
-    """
-
-    def unsupported(key: str) -> ValueError:
-        return ValueError(f"{source}: AdapterHub setting {key}={cfg.get(key)!r} is not supported by adaptune")
-
-    if cfg.get("architecture", "bottleneck") not in (None, "bottleneck"):
-        raise unsupported("architecture")
-    for key, value in _FIXED.items():
-        if cfg.get(key, value) != value:
-            raise unsupported(key)
-    mh, out, parallel = bool(cfg.get("mh_adapter")), bool(cfg.get("output_adapter")), bool(cfg.get("is_parallel"))
-    if parallel:
-        if mh or not out:
-            raise unsupported("mh_adapter")
-        placement = "parallel"
-    elif cfg.get("original_ln_before"):
-        placement = {
-            (True, True): "both_post_ln",
-            (False, True): "ffn_post_ln",
-            (True, False): "attention_post_ln",
-        }.get((mh, out), "")
-    else:
-        placement = {(True, True): "both", (False, True): "ffn", (True, False): "attention"}.get((mh, out), "")
-    if not placement:
-        raise unsupported("output_adapter")
-    rf = cfg.get("reduction_factor", 16)
-    if not isinstance(rf, (int, float)):
-        raise unsupported("reduction_factor")
-    act = str(cfg.get("non_linearity", "relu")).lower()
-    if act not in _ACTIVATIONS:
-        raise unsupported("non_linearity")
-    scaling = cfg.get("scaling", 1.0)
-    if scaling not in ("learned",) and not isinstance(scaling, (int, float)):
-        raise unsupported("scaling")
-    leave_out = [int(i) for i in cfg.get("leave_out") or []]
-    layers = tuple(i for i in range(num_layers) if i not in leave_out) if leave_out else None
-    return AdapterConfig(
-        placement=placement,  # type: ignore[arg-type]
-        reduction_factor=rf,
-        bottleneck_size=None,
-        activation=_ACTIVATIONS[act],
-        dropout=float(cfg.get("dropout", 0.0) or 0.0),
-        scaling=1.0 if scaling == "learned" else float(scaling),
-        learn_scaling=scaling == "learned",
-        layer_norm_before=bool(cfg.get("ln_before")),
-        layer_norm_after=bool(cfg.get("ln_after")),
-        layers=layers,
-    )
 
 
 def read_hub_json(path: Path) -> dict[str, Any]:
@@ -186,12 +117,6 @@ def _split_key(key: str) -> tuple[int, str, str, str] | None:
     return None if layer < 0 else (layer, hub_location(left), name, param)
 
 
-def hub_location(left: str) -> str:
-    """``attention`` or ``ffn`` for the module path AdapterHub keeps adapters / fusion layers on."""
-    attention = left.endswith(("attention.output", ".attention")) or "attention_adapters" in left
-    return "attention" if attention else "ffn"
-
-
 def _param_name(param: str, ln_before: bool) -> str | None:
     if param.startswith("adapter_down."):
         index, rest = param.split(".")[1], param.split(".", 2)[2]
@@ -212,10 +137,13 @@ def load_adapterhub(model: nn.Module, folder: str | Path, name: str | None = Non
     saved = meta.get("name", "adapter")
     name = name or saved
     blocks = find_blocks(model)
-    config = to_adaptune_config(meta["config"], len(blocks), str(src / HUB_CONFIG))
     hidden = meta.get("hidden_size")
     if hidden is not None and hidden not in {b.width for b in blocks}:
         raise ValueError(f"{src}: adapter is for hidden size {hidden}, the model's blocks are {blocks[0].width} wide")
+    other = _other_method(meta["config"])
+    if other is not None:  # LoRA / (IA)³, prefix tuning, Compacter: their own modules
+        return other(model, src, meta, read_hub_weights(src, "adapter"), name, activate)
+    config = to_adaptune_config(meta["config"], len(blocks), str(src / HUB_CONFIG))
     tensors = read_hub_weights(src, "adapter")
     targets = add_adapter(model, name, config, activate=False)
     try:
@@ -249,10 +177,17 @@ def load_adapterhub(model: nn.Module, folder: str | Path, name: str | None = Non
     return name
 
 
-def layer_of(path: str) -> int:
-    """The block index in a module path (its last number: ``bert.encoder.layer.3.output`` -> 3), or -1."""
-    numbers = re.findall(r"\.(\d+)(?=\.|$)", "." + path)
-    return int(numbers[-1]) if numbers else -1
+def _other_method(cfg: dict[str, Any]) -> Callable[..., str] | None:
+    """The loader for a non-bottleneck AdapterHub config (by its ``architecture``; Compacter is a bottleneck with
+    ``phm_layer``), or None for a plain bottleneck adapter."""
+    architecture = cfg.get("architecture", "bottleneck")
+    if architecture == "lora":
+        return load_hub_lora
+    if architecture == "prefix_tuning":
+        return load_hub_prefix
+    if architecture in (None, "bottleneck") and cfg.get("phm_layer"):
+        return load_hub_compacter
+    return None
 
 
 def load_adapterhub_head(model: nn.Module, folder: str | Path) -> None:
