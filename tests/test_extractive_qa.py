@@ -369,6 +369,16 @@ def test_task_is_registered() -> None:
 # End to end: train -> eval -> predict through the CLI, and the Python API
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the training tests: width-32 matrices gain nothing from a second thread, and on a busy
+    machine its synchronisation made each step several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_color_squad(path: Path, n: int, seed: int) -> Path:
     """Passages of filler words with one color word; the question asks for it. Some passages are longer than one
     window (max_length 32), so answers fall in later windows."""
@@ -384,7 +394,7 @@ def make_color_squad(path: Path, n: int, seed: int) -> Path:
     return write(path, {"data": [{"title": "colors", "paragraphs": paragraphs}]})
 
 
-def test_cli_train_eval_predict(bert_dir: Path, tmp_path: Path, capsys) -> None:
+def test_cli_train_eval_predict(bert_dir: Path, tmp_path: Path, capsys, one_thread) -> None:
     from safetensors import safe_open
 
     train = make_color_squad(tmp_path / "train.json", 160, seed=1)
@@ -432,7 +442,7 @@ def test_cli_train_eval_predict(bert_dir: Path, tmp_path: Path, capsys) -> None:
     assert "give no texts, --file or --context" in capsys.readouterr().err
 
 
-def test_python_api_and_head_saved(bert_dir: Path, tmp_path: Path) -> None:
+def test_python_api_and_head_saved(bert_dir: Path, tmp_path: Path, one_thread) -> None:
     """The qa_outputs head trains and is saved with the adapter, so a reload answers as the trained model did."""
     import adaptune
     from adaptune.training.tasks import EvalOptions
