@@ -172,6 +172,10 @@ def load_hub_lora(
                     copy_checked_tensor(ours.vector, _full_vector(b, ours.out_width, fused[module], alpha), b_key, src)
                     continue
                 a_key, a = parts["lora_A"]
+                groups = len(fused[module] or [None])  # fused q/k/v projections: one r-block per enabled matrix
+                out = ours.out_width if fused[module] is None else ours.out_width // len(_MATRICES) * groups
+                _check_shape(a_key, a, (groups * r, ours.in_width), src)
+                _check_shape(b_key, b, (out, r), src)
                 full_a, full_b = _full_lora(a, b, ours.out_width, fused[module], r, rank)
                 copy_checked_tensor(ours.A, full_a, a_key, src)
                 copy_checked_tensor(ours.B, full_b, b_key, src)
@@ -181,6 +185,11 @@ def load_hub_lora(
     if activate:
         set_active(model, name)
     return name
+
+
+def _check_shape(key: str, value: torch.Tensor, expected: tuple[int, int], src: Path) -> None:
+    if tuple(value.shape) != expected:
+        raise ValueError(f"{src}: tensor {key} has shape {tuple(value.shape)}, expected {expected} for this model")
 
 
 def _out_width(model: nn.Module, module: str) -> int:
