@@ -269,6 +269,18 @@ def test_unanswerable_and_batched_questions(tok) -> None:
     assert starts[1:].tolist() == [0, 0, 0] and ends[1:].tolist() == [0, 0, 0]
 
 
+def test_left_padding_moves_cls() -> None:
+    tok = make_tokenizer()
+    tok.padding_side = "left"  # decoder tokenizers often pad on the left: [CLS] is not at 0 in a padded row
+    context = " ".join(FILLER[:25])
+    windows = encode_windows(tok, ["what color ?"], [context], max_length=24, stride=6)
+    assert windows.cls_index[0] == 0 and windows.cls_index[-1] > 0
+    start = context.index("w24")
+    starts, ends = window_labels(windows, [(start, start + 3)])
+    assert _span_tokens(tok, windows, 1, int(starts[1]), int(ends[1])) == ["w24"]
+    assert (starts[0], ends[0]) == (0, 0)
+
+
 def test_question_too_long_names_the_example(tok) -> None:
     with pytest.raises(DataError, match=r"d\.json:data\[0\]: the question is 22 tokens"):
         encode_windows(tok, [" ".join(FILLER[:22])], ["w1 w2"], 24, 6, sources=["d.json:data[0]"])
