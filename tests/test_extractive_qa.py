@@ -484,3 +484,19 @@ def test_python_api_and_head_saved(bert_dir: Path, tmp_path: Path, one_thread) -
     )
     metrics = task.evaluate(fresh, tok, records.examples, options)
     assert set(metrics) == {"exact_match", "f1", "loss"} and metrics["loss"] > 0
+
+
+def test_plain_hf_qa_folder(bert_dir: Path, tmp_path: Path, capsys, one_thread) -> None:
+    """A Hugging Face *ForQuestionAnswering folder (no task.json) is an extractive-qa model by its architectures."""
+    from transformers import AutoModelForQuestionAnswering
+
+    folder = tmp_path / "squad-model"
+    AutoModelForQuestionAnswering.from_pretrained(bert_dir).save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    held = make_color_squad(tmp_path / "held.json", 8, seed=4)
+    assert main(["eval", "--model", str(folder), "--data", str(held), "--json", "--precision", "fp32"]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(scores) == {"exact_match", "f1", "loss"} and 0 <= scores["f1"] <= 1
+    assert main(["predict", "what color is it ?", "--model", str(folder), "--context", "w1 red w2", "--jsonl"]) == 0
+    pred = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert pred["answer"] == ("w1 red w2"[pred["start"] : pred["end"]] if pred["answer"] else "")
