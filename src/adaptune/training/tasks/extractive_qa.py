@@ -66,12 +66,20 @@ class ExtractiveQa(Task):
         self.stride = stride
         self.max_answer_tokens = max_answer_tokens
 
-    def _windows(self, tok: Any, examples: Sequence[Example], max_length: int) -> Windows:
+    def _windows(
+        self,
+        tok: Any,
+        questions: Sequence[str],
+        contexts: Sequence[str],
+        max_length: int,
+        sources: Sequence[str] | None = None,
+    ) -> Windows:
         stride = self.stride or default_stride(max_length)
-        contexts = [_context(e) for e in examples]
-        return encode_windows(
-            tok, [e.text for e in examples], contexts, max_length, stride, [e.source for e in examples]
-        )
+        return encode_windows(tok, questions, contexts, max_length, stride, sources)
+
+    def _example_windows(self, tok: Any, examples: Sequence[Example], max_length: int) -> Windows:
+        questions, contexts = [e.text for e in examples], [_context(e) for e in examples]
+        return self._windows(tok, questions, contexts, max_length, [e.source for e in examples])
 
     def load_model(self, path: Path, labels: Sequence[str] | None = None) -> tuple[nn.Module, Any]:
         from transformers import AutoModelForQuestionAnswering
@@ -83,7 +91,7 @@ class ExtractiveQa(Task):
 
     def encoder(self, tok: Any, labels: Sequence[str] | None, max_length: int) -> Encoder:
         def encode(examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-            windows = self._windows(tok, examples, max_length)
+            windows = self._example_windows(tok, examples, max_length)
             starts, ends = window_labels(windows, [_answer_chars(e) for e in examples])
             return {**windows.inputs, "start_positions": starts, "end_positions": ends}
 
@@ -134,7 +142,7 @@ class ExtractiveQa(Task):
         loss_sum, n_windows = 0.0, 0
         bar = progress(len(examples), "eval")
         for chunk in batches(list(examples), options.batch_size):
-            windows = self._windows(tok, chunk, options.max_length)
+            windows = self._example_windows(tok, chunk, options.max_length)
             logits, loss = self._logits(model, windows, options.batch_size, [_answer_chars(e) for e in chunk])
             loss_sum, n_windows = loss_sum + loss, n_windows + len(logits)
             preds += [s.text for s in self._spans(logits, windows, [_context(e) for e in chunk])]
@@ -156,8 +164,7 @@ class ExtractiveQa(Task):
         found: list[dict[str, Any]] = []
         for lo in range(0, len(questions), options.batch_size):
             qs, cs = questions[lo : lo + options.batch_size], contexts[lo : lo + options.batch_size]
-            stride = self.stride or default_stride(options.max_length)
-            windows = encode_windows(tok, qs, cs, options.max_length, stride)
+            windows = self._windows(tok, qs, cs, options.max_length)
             logits, _ = self._logits(model, windows, options.batch_size, None)
             for span in self._spans(logits, windows, cs):
                 found.append({"answer": span.text, "start": span.start, "end": span.end, "score": round(span.prob, 4)})
