@@ -65,3 +65,13 @@ register_reader(
     (".json", ".jsonl", ".ndjson"),
     (".json",),
 )
+
+# token-classification: CoNLL-style word / tag columns or JSON Lines; .txt and .jsonl only with the task given
+from .tagged import CONLL_SUFFIXES, JSONL_SUFFIXES, read_tagged  # noqa: E402 - tagged.py never imports this module
+
+register_reader(
+    "token-classification",
+    lambda p, n: Records("token-classification", read_tagged(p, n)),
+    (*CONLL_SUFFIXES, *JSONL_SUFFIXES),
+    (".conll", ".bio", ".iob"),
+)

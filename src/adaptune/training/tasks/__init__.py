@@ -21,6 +21,7 @@ from .language_modeling import LanguageModeling
 from .lm import LmEncoder, lm_loss, perplexity, token_loss_sums
 from .qa import Qa, qa_metrics
 from .registry import TASKS, register_task, task_named, task_names
+from .token_classification import TokenClassification
 
 __all__ = [
     "TASKS",
@@ -46,6 +47,7 @@ register_task(Qa())
 register_task(CausalLm())
 register_task(ExtractiveQa())
 register_task(LanguageModeling())
+register_task(TokenClassification())
 
 
 def load_model(task: str, path: Path, labels: Sequence[str] | None = None) -> tuple[nn.Module, Any]:
