@@ -136,7 +136,7 @@ def _safe(model_type: str) -> str:
 def _cases():
     cases = []
 
-    def add(name, model, adapters_spec, active, fusion=None, head=None, safetensors=False, note=None):
+    def add(name, model, adapters_spec, active, fusion=None, head=None, safetensors=False, note=None, attn=None):
         cases.append(
             dict(
                 name=name,
@@ -147,6 +147,7 @@ def _cases():
                 head=head,
                 safetensors=safetensors,
                 note=note,
+                attn_implementation=attn,  # None: the HF default (sdpa)
             )
         )
 
@@ -236,6 +237,12 @@ def _cases():
     # prefix tuning: .bin only (adapters' safetensors save refuses the pool's weights, which every layer shares)
     add("bert_prefix", "bert", one(PrefixTuningConfig(prefix_length=5, bottleneck_size=16)), "a")
     add("bert_prefix_flat", "bert", one(PrefixTuningConfig(prefix_length=5, flat=True)), "a")
+    # Decoders: eager attention. With sdpa, adapters 1.3.0 inverts the boolean mask it extends for the prefix, so
+    # under an attention mask the prefix is masked out (outputs = the base model's, to 1e-6); without a mask sdpa's
+    # outputs differ from eager's too. Eager (additive masks) gives the same outputs with and without a mask.
+    prefix = PrefixTuningConfig(prefix_length=5, bottleneck_size=16)
+    add("gpt2_prefix", "gpt2", one(prefix), "a", attn="eager", note="eager attention: see the script")
+    add("llama_prefix", "llama", one(prefix), "a", attn="eager", note="eager attention: see the script")
     return cases
 
 
@@ -396,8 +403,9 @@ def run_case(idx, case, bases, workdir):
             bases[mt] = build_tiny_base(mt, workdir)
         hf_dir, name_or_path = bases[mt]
 
-    plain = AutoModel.from_pretrained(hf_dir).eval()  # HF 4.57 model, no adapters
-    model = AutoAdapterModel.from_pretrained(hf_dir).eval()
+    attn = {"attn_implementation": case["attn_implementation"]} if case["attn_implementation"] else {}
+    plain = AutoModel.from_pretrained(hf_dir, **attn).eval()  # HF 4.57 model, no adapters
+    model = AutoAdapterModel.from_pretrained(hf_dir, **attn).eval()
     model.config._name_or_path = name_or_path  # recorded as "model_name" in adapter_config.json
 
     ids, mask, input_extra = make_inputs(mt, plain.config)
@@ -507,6 +515,7 @@ def run_case(idx, case, bases, workdir):
         "compare_note": "compare on positions where attention_mask == 1 (padded rows are deterministic "
         "too, but not meaningful)",
         "note": case["note"],
+        "attn_implementation": case["attn_implementation"] or "default (sdpa)",
         "versions": {
             "adapters": adapters.__version__,
             "transformers": transformers.__version__,

@@ -37,6 +37,8 @@ CASES: dict[str, tuple[type, dict[str, object]]] = {
     "bert_compacter_full_w": (CompacterConfig, {"placement": "both", "phm_dim": 2, "factorized_phm_W": False}),
     "bert_prefix": (PrefixConfig, {"reparam": True, "reparam_hidden": 16, "shift_positions": False}),
     "bert_prefix_flat": (PrefixConfig, {"reparam": False, "shift_positions": False}),
+    "gpt2_prefix": (PrefixConfig, {"reparam": True, "prefix_length": 5, "shift_positions": False}),
+    "llama_prefix": (PrefixConfig, {"reparam": True, "prefix_length": 5, "shift_positions": False}),
 }
 
 
@@ -126,13 +128,31 @@ def test_unsupported_setting_is_named(tmp_path: Path, name: str, changes: dict, 
     assert list_adapters(model) == []
 
 
-def test_prefix_on_a_decoder_is_refused() -> None:
-    """AdapterHub keeps tokens at 0..T-1 and (1.3.0) masks decoder prefixes out under an attention mask; a decoder
-    prefix is refused rather than loaded to different outputs."""
-    case, _, _ = load_case("gpt2_lora")
-    model = build_base(case, "gpt2_lora")
-    with pytest.raises(ValueError, match="'gpt2'"):
+def test_prefix_on_an_unchecked_model_type_is_refused() -> None:
+    """RoBERTa counts positions from its padding index: AdapterHub's 0..T-1 convention is not reproduced there."""
+    case, _, _ = load_case("roberta_seq_bn")
+    model = build_base(case, "roberta_seq_bn")
+    with pytest.raises(ValueError, match="'roberta'"):
         load_adapterhub(model, _folder("bert_prefix"))
+    assert list_adapters(model) == []
+
+
+@pytest.mark.parametrize("name", ["gpt2_prefix", "llama_prefix"])
+def test_decoder_prefix_generates_the_same_with_and_without_cache(name: str) -> None:
+    """Tokens keep positions 0..T-1 at the prefill and past..past+t at each decode step (shift_positions=False)."""
+    from transformers import AutoModelForCausalLM
+
+    case, inputs, _ = load_case(name)
+    base = build_base(case, name)
+    model = AutoModelForCausalLM.from_config(base.config).eval()
+    model.base_model.load_state_dict(base.state_dict())
+    load_adapterhub(model, _folder(name))
+    ids = inputs["input_ids"][:1, :5]
+    kw = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        cached = model.generate(ids, attention_mask=torch.ones_like(ids), use_cache=True, **kw)
+        uncached = model.generate(ids, attention_mask=torch.ones_like(ids), use_cache=False, **kw)
+    assert cached.shape == (1, 9) and torch.equal(cached, uncached)
 
 
 def test_wrong_shapes_leave_no_adapter(tmp_path: Path) -> None:

@@ -13,9 +13,11 @@ keys and values, the prefix positions unmasked::
                  -> PrefixConfig(reparam=True, reparam_hidden=b): embedding, mlp.0, mlp.2
     flat=True    control_trans (P·L·2·H_kv·d,)  -> PrefixConfig(reparam=False): prefix (P, L·2·H_kv·d)
 
-Only encoders with absolute positions are matched (BERT family): AdapterHub leaves the tokens at positions 0..T-1
-while adaptune's prefix (like peft's) goes through the model's cache, which moves a decoder's tokens to P..P+T-1;
-and AdapterHub 1.3.0's decoder prefixes are masked out whenever an attention mask is passed.
+AdapterHub leaves the tokens at positions 0..T-1 (the prefix has none), so the config sets ``shift_positions=False``
+(adaptune passes ``position_ids`` 0..T-1 itself). Matched on BERT, GPT-2 and LLaMA (prefix keys after RoPE, as in
+both); other model types are refused: RoBERTa-style models count positions from the padding index, which an
+explicit 0..T-1 would break. AdapterHub 1.3.0's own decoder prefixes only work with eager attention (with sdpa
+an attention mask masks them out); the fixtures use eager.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ _PARAM = {
     "control_trans.2.bias": "mlp.2.bias",
     "control_trans": "prefix",  # flat: (P·L·2·H_kv·d,) viewed as (P, L·2·H_kv·d)
 }
-# model types whose positions do not move when the prefix is put in the cache (see the module docstring)
-_ENCODERS = ("bert", "roberta", "xlm-roberta", "electra")
+# model types checked against AdapterHub (see the module docstring)
+_MATCHED = ("bert", "gpt2", "llama")
 
 
 def to_prefix_config(cfg: dict[str, Any], source: str) -> PrefixConfig:
@@ -99,10 +101,10 @@ def load_hub_prefix(
     """Attach the AdapterHub prefix tuning in ``tensors`` (read from ``src``) to ``model`` as ``name``."""
     source = str(src / "adapter_config.json")
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in _ENCODERS:
+    if model_type not in _MATCHED:
         raise ValueError(
-            f"{source}: AdapterHub prefix tuning is matched on encoders ({', '.join(_ENCODERS)}); {model_type!r} "
-            "would place the tokens at other positions than AdapterHub does"
+            f"{source}: AdapterHub prefix tuning is reproduced on model types {', '.join(_MATCHED)}; {model_type!r} "
+            "is not supported (its token positions would differ from AdapterHub's)"
         )
     config = to_prefix_config(meta["config"], source)
     found = _prefix_tensors(tensors, meta.get("name", "adapter"), src)
