@@ -801,6 +801,12 @@ def verify(names):
     for d in sorted(OUT.iterdir()):
         if not (d / "case.json").exists() or (names and d.name not in names):
             continue
+        resolved = [a["resolved"] for a in json.loads((d / "case.json").read_text())["adapters"].values()]
+        if any(r.get("architecture") in ("lora", "prefix_tuning") or r.get("phm_layer") for r in resolved):
+            # no closed form here for LoRA / (IA)3 / prefix / Compacter: tests/test_adapterhub_methods.py checks
+            # adaptune against the outputs `adapters` computed
+            print(f"verify {d.name:50s} skip (not a plain bottleneck)")
+            continue
         try:
             errs = verify_case(d)
             ok = all(e < 2e-5 for e in errs.values())
