@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from adaptune.cli import main
 from adaptune.training.data.datasets import DataError, load_dataset, read_file
@@ -157,11 +158,11 @@ def test_alignment_on_minilm_tokenizer() -> None:
     tok = AutoTokenizer.from_pretrained(minilm_dir())
     words = [["Huggingface", "is", "in", "Brooklyn"]]
     batch, firsts = encode_words(tok, words, 32, [["B-ORG", "O", "O", "B-LOC"]], {"B-LOC": 0, "B-ORG": 1, "O": 2})
-    pieces = tok.convert_ids_to_tokens(batch["input_ids"][0].tolist())
-    labels = batch["labels"][0].tolist()
-    assert [pieces[p] for p in firsts[0].values()] == [pieces[1], "is", "in", pieces[firsts[0][3]]]
-    assert [labels[p] for p in firsts[0].values()] == [1, 2, 2, 0]
-    assert sum(x != IGNORE for x in labels) == 4 < len(pieces) - 2  # several words split into sub-words
+    assert tok.convert_ids_to_tokens(batch["input_ids"][0].tolist()) == [
+        "[CLS]", "hugging", "##face", "is", "in", "brooklyn", "[SEP]"
+    ]  # fmt: skip
+    assert batch["labels"][0].tolist() == [IGNORE, 1, IGNORE, 2, 2, 0, IGNORE]
+    assert firsts == [{0: 1, 1: 3, 2: 4, 3: 5}]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -296,6 +297,7 @@ def test_train_eval_predict_cli(assets: dict[str, Path], tmp_path: Path, capsys,
     assert metrics["test_entity_f1"] > 0.8
     adapter = out / "adapter"
     assert {"adapter.safetensors", "head.safetensors", "task.json"} <= {p.name for p in adapter.iterdir()}
+    assert set(load_file(adapter / "head.safetensors")) == {"classifier.weight", "classifier.bias"}  # trained head
     assert json.loads((adapter / "task.json").read_text())["labels"] == ["B-LOC", "B-PER", "I-PER", "O"]
 
     assert main(["eval", "--adapter", str(adapter), "--data", str(assets["held"]), "--json"]) == 0
