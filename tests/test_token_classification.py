@@ -332,3 +332,21 @@ def test_python_api_evaluate_and_show(assets: dict[str, Path]) -> None:
     found = [{"type": "PER", "start": 0, "end": 2, "text": "Alice Bob"}, {"type": "LOC", "start": 3, "end": 4}]
     pred = {"tokens": ["Alice", "Bob", "in", "Rome"], "tags": [], "entities": found}
     assert task.show("Alice Bob in Rome", pred) == "[Alice Bob/PER] in [Rome/LOC]"
+
+
+def test_plain_hugging_face_token_classifier_folder(assets: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """``--model`` a *ForTokenClassification folder without task.json: the task and the tags come from its config."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    names = ["B-LOC", "B-PER", "I-PER", "O"]
+    model = AutoModelForTokenClassification.from_pretrained(
+        assets["bert"], num_labels=4, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+    )
+    folder = tmp_path / "ner"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(assets["bert"]).save_pretrained(folder)
+    assert main(["predict", "--model", str(folder), "--jsonl", "Alice Jones from Paris"]) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    assert line["tokens"] == ["Alice", "Jones", "from", "Paris"] and set(line["tags"]) <= set(names)
+    assert main(["eval", "--model", str(folder), "--data", str(assets["held"]), "--json"]) == 0
+    assert 0.0 <= json.loads(capsys.readouterr().out.strip().splitlines()[-1])["entity_f1"] <= 1.0

@@ -156,7 +156,11 @@ def read_task(adapter_dir: Path) -> dict[str, Any]:
 
 # Tasks a plain Hugging Face folder (no task.json) can run with a trained head, and the ``architectures`` suffix
 # of its config that shows the head is there; a classifier's label names come from the config's ``id2label``.
-HEAD_ARCHITECTURES = {"classification": "ForSequenceClassification", "extractive-qa": "ForQuestionAnswering"}
+HEAD_ARCHITECTURES = {
+    "classification": "ForSequenceClassification",
+    "extractive-qa": "ForQuestionAnswering",
+    "token-classification": "ForTokenClassification",
+}
 
 
 def model_task(folder: Path, task: str | None) -> dict[str, Any]:
