@@ -243,6 +243,10 @@ def _cases():
     prefix = PrefixTuningConfig(prefix_length=5, bottleneck_size=16)
     add("gpt2_prefix", "gpt2", one(prefix), "a", attn="eager", note="eager attention: see the script")
     add("llama_prefix", "llama", one(prefix), "a", attn="eager", note="eager attention: see the script")
+    # GPT-2's fused c_attn with one matrix (r rows of lora_A, like a plain projection) and with all three
+    add("gpt2_lora_v", "gpt2", one(LoRAConfig(r=4, alpha=8, attn_matrices=["v"])), "a", safetensors=True)
+    add("gpt2_lora_qkv", "gpt2", one(LoRAConfig(r=2, alpha=4, attn_matrices=["q", "k", "v"])), "a", safetensors=True)
+    add("gpt2_ia3_qkv", "gpt2", one(IA3Config(attn_matrices=["q", "k", "v"], alpha=2)), "a", safetensors=True)
     return cases
 
 

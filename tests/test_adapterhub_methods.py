@@ -28,9 +28,12 @@ CASES: dict[str, tuple[type, dict[str, object]]] = {
     "bert_lora": (LoraConfig, {"rank": 4, "alpha": 8.0}),
     "bert_lora_all": (LoraConfig, {"rank": 4, "alpha": 16.0}),
     "gpt2_lora": (LoraConfig, {"rank": 8, "alpha": 16.0}),  # fused c_attn: q and v blocks -> rank 2r, alpha·2
+    "gpt2_lora_v": (LoraConfig, {"rank": 4, "alpha": 8.0}),  # one fused matrix: the v third only
+    "gpt2_lora_qkv": (LoraConfig, {"rank": 6, "alpha": 12.0}),
     "llama_lora": (LoraConfig, {"rank": 4, "alpha": 8.0}),
     "bert_ia3": (IA3Config, {}),
     "gpt2_ia3": (IA3Config, {}),
+    "gpt2_ia3_qkv": (IA3Config, {}),
     "llama_ia3": (IA3Config, {}),
     "bert_compacter": (CompacterConfig, {"placement": "both", "phm_dim": 4, "factorized_phm_W": True}),
     "bert_compacter_pp": (CompacterConfig, {"placement": "ffn_post_ln"}),

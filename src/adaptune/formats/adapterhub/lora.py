@@ -83,17 +83,6 @@ def resolve_module(model: nn.Module, hub_path: str, source: str) -> str:
     return found[0]
 
 
-def _fused_matrices(cfg: dict[str, Any], size: int, unit: int, source: str) -> list[str] | None:
-    """None for a plain projection (``size == unit``); for a fused q/k/v projection (``size`` = one ``unit`` per
-    enabled matrix: r rows of ``lora_A``, or a third of the output for an (IA)³ vector) the enabled matrices."""
-    if size == unit:
-        return None
-    enabled = [m for m in _MATRICES if m in cfg.get("attn_matrices", ["q", "v"])]
-    if size != unit * len(enabled):
-        raise ValueError(f"{source}: a LoRA tensor of size {size} fits neither {unit} nor {enabled} fused")
-    return enabled
-
-
 def _full_lora(
     a: torch.Tensor, b: torch.Tensor, out_width: int, enabled: list[str] | None, r: int, rank: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,14 +134,13 @@ def load_hub_lora(
     for module, parts in weights.items():
         if any(p not in parts for p in need):
             raise ValueError(f"{src}: {module} has {sorted(parts)}, expected {list(need)}")
+    # A fused q/k/v projection (GPT-2's c_attn) holds one r-block per enabled matrix, each writing a third of the
+    # output: lora_A has n·r rows or lora_B fewer rows than the output (one matrix: r rows, but a third of it).
+    enabled = [m for m in _MATRICES if m in cfg.get("attn_matrices", ["q", "v"])]
     fused: dict[str, list[str] | None] = {}
     for module, parts in weights.items():
-        if mode == "add":
-            fused[module] = _fused_matrices(cfg, parts["lora_A"][1].shape[0], r, str(src))
-        else:
-            out = _out_width(model, module)
-            unit = out if parts["lora_B"][1].numel() == out else out // len(_MATRICES)
-            fused[module] = _fused_matrices(cfg, parts["lora_B"][1].numel(), unit, str(src))
+        a_rows = parts["lora_A"][1].shape[0] if mode == "add" else r
+        fused[module] = enabled if a_rows != r or parts["lora_B"][1].shape[0] != _out_width(model, module) else None
     rank = r * max(len(f) if f else 1 for f in fused.values())
     targets = tuple(sorted(weights))
     config: LoraConfig | IA3Config
@@ -168,14 +156,14 @@ def load_hub_lora(
             for module, parts in weights.items():
                 ours = modules[module]
                 b_key, b = parts["lora_B"]
+                groups = len(fused[module] or [None])
+                out = ours.out_width if fused[module] is None else ours.out_width // len(_MATRICES) * groups
+                _check_shape(b_key, b, (out, r), src)
                 if mode == "scale":
                     copy_checked_tensor(ours.vector, _full_vector(b, ours.out_width, fused[module], alpha), b_key, src)
                     continue
                 a_key, a = parts["lora_A"]
-                groups = len(fused[module] or [None])  # fused q/k/v projections: one r-block per enabled matrix
-                out = ours.out_width if fused[module] is None else ours.out_width // len(_MATRICES) * groups
                 _check_shape(a_key, a, (groups * r, ours.in_width), src)
-                _check_shape(b_key, b, (out, r), src)
                 full_a, full_b = _full_lora(a, b, ours.out_width, fused[module], r, rank)
                 copy_checked_tensor(ours.A, full_a, a_key, src)
                 copy_checked_tensor(ours.B, full_b, b_key, src)
