@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from adaptune.cli import main
 from adaptune.training.data.datasets import DataError, load_dataset, read_file
+from adaptune.training.data.example import Example
 from adaptune.training.tasks import EvalOptions, task_named
 from adaptune.training.tasks.entities import Entity, entities, entity_scores, split_tag
 from adaptune.training.tasks.token_classification import IGNORE, TokenClassification, encode_words, tag_words
@@ -350,3 +351,23 @@ def test_plain_hugging_face_token_classifier_folder(assets: dict[str, Path], tmp
     assert line["tokens"] == ["Alice", "Jones", "from", "Paris"] and set(line["tags"]) <= set(names)
     assert main(["eval", "--model", str(folder), "--data", str(assets["held"]), "--json"]) == 0
     assert 0.0 <= json.loads(capsys.readouterr().out.strip().splitlines()[-1])["entity_f1"] <= 1.0
+
+
+def test_decoder_token_classifier_trains_its_score_head(tmp_path: Path) -> None:
+    """A decoder (Llama) token classifier: the head is ``score``, one of the default heads, so it trains with the
+    adapter; each word's tag sits on its first token there too."""
+    import adaptune
+
+    from .cli_fixtures import make_model_dir
+
+    task = task_named(TASK)
+    model, tok = task.load_model(make_model_dir(tmp_path, "llama"), ["B-X", "O"])
+    assert type(model).__name__ == "LlamaForTokenClassification"
+    adaptune.add_adapter(model, "ner", adaptune.AdapterConfig.pfeiffer())
+    adaptune.train_adapter(model, "ner")
+    heads = sorted(n for n, p in model.named_parameters() if p.requires_grad and ".adapters." not in n)
+    assert heads == ["score.bias", "score.weight"]
+    batch = task.encoder(tok, ["B-X", "O"], 16)([Example("good film", tokens=("good", "film"), tags=("B-X", "O"))])
+    assert batch["labels"].tolist() == [[IGNORE, 0, 1, IGNORE]]  # [CLS] good film [SEP]
+    model(**batch).loss.backward()
+    assert model.score.weight.grad is not None and model.score.weight.grad.abs().sum() > 0
