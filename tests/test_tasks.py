@@ -35,18 +35,23 @@ def ids(tok, words: str) -> list[int]:
 
 
 def test_registry_names_metrics_and_refusals() -> None:
-    assert task_names() == ("classification", "qa", "causal-lm")
-    assert task_names(needs_labels=False) == ("qa", "causal-lm")
+    names = ("classification", "qa", "causal-lm", "extractive-qa", "language-modeling", "token-classification")
+    assert task_names() == names
+    assert task_names(needs_labels=False) == ("qa", "causal-lm", "extractive-qa", "language-modeling")
     ranks = {n: (task_named(n).main_metric_key, task_named(n).higher_is_better) for n in task_names()}
     assert ranks == {
         "classification": ("test_accuracy", True),
         "qa": ("test_loss", False),
         "causal-lm": ("test_loss", False),
+        "extractive-qa": ("test_f1", True),
+        "language-modeling": ("test_loss", False),
+        "token-classification": ("test_entity_f1", True),
     }
-    # The file readers turn rows into examples per task (columns they need): they must know every task.
+    # Every task's data is readable: rows of columns (datasets.TASKS) or a task's own file reader (CoNLL, SQuAD).
     from adaptune.training.data.datasets import TASKS as READABLE
+    from adaptune.training.data.readers import FILE_READERS
 
-    assert task_names() == READABLE
+    assert set(task_names()) == set(READABLE) | set(FILE_READERS)
     with pytest.raises(ValueError, match="classification, qa, causal-lm"):
         task_named("ner")
     with pytest.raises(ValueError, match="already registered"):

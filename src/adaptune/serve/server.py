@@ -20,6 +20,9 @@ from .heads import HeadBank
 from .metrics import Metrics
 from .registry import Registry, ServeError, read_task_info
 
+# Tasks with an endpoint: /v1/classify, or /v1/completions and /v1/chat/completions.
+SERVED_TASKS: tuple[str, ...] = ("classification", "qa", "causal-lm")
+
 __all__ = ["ServeOptions", "Server", "build_server"]
 
 
@@ -162,6 +165,12 @@ def build_server(
     task_name = task or info.get("task")
     if not model_name or not task_name:
         raise ValueError("serve: give --model and --task, or an adapter folder written by `adaptune train`")
+    if task_name not in SERVED_TASKS:
+        where = f"{adapters[0][1]}: " if adapters and not task else ""
+        raise ValueError(
+            f"{where}task {task_name!r} is not served yet; adaptune serve runs {', '.join(SERVED_TASKS)} "
+            "(use adaptune predict for the others)"
+        )
     base, tok = task_named(task_name).load_model(resolve_model(model_name), info.get("labels"))
     base.eval().requires_grad_(False)
     resolved = set_precision(base, precision)
