@@ -39,11 +39,13 @@ from adapters.configuration import (
     CompacterConfig,
     CompacterPlusPlusConfig,
     DoubleSeqBnConfig,
+    DoubleSeqBnInvConfig,
     IA3Config,
     LoRAConfig,
     ParBnConfig,
     PrefixTuningConfig,
     SeqBnConfig,
+    SeqBnInvConfig,
 )
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -247,6 +249,33 @@ def _cases():
     add("gpt2_lora_v", "gpt2", one(LoRAConfig(r=4, alpha=8, attn_matrices=["v"])), "a", safetensors=True)
     add("gpt2_lora_qkv", "gpt2", one(LoRAConfig(r=2, alpha=4, attn_matrices=["q", "k", "v"])), "a", safetensors=True)
     add("gpt2_ia3_qkv", "gpt2", one(IA3Config(attn_matrices=["q", "k", "v"], alpha=2)), "a", safetensors=True)
+    # Invertible adapters (MAD-X language adapters, `inv_adapter="nice"`): a NICE coupling at the embeddings, saved as
+    # `<base>.invertible_adapters.a.{F,G}.{0,2}.*` beside the bottleneck weights. BERT-style models apply it to the
+    # output of their `embeddings` module, LLaMA to `embed_tokens`' output, GPT-2 after adding position embeddings
+    # (a forward hook on `drop`).
+    add("bert_seq_bn_inv", "bert", one("seq_bn_inv"), "a")
+    add(
+        "bert_double_seq_bn_inv",
+        "bert",
+        one(DoubleSeqBnInvConfig(inv_adapter_reduction_factor=4, non_linearity="gelu")),
+        "a",
+        safetensors=True,
+        note="inv_adapter_reduction_factor 4 and gelu (F and G use the bottleneck's non_linearity)",
+    )
+    for mt in ["roberta", "distilbert", "albert", "electra", "xlm-roberta", "deberta-v2"]:
+        add(f"{_safe(mt)}_seq_bn_inv", mt, one(SeqBnInvConfig()), "a", safetensors=True)
+    add("llama_double_seq_bn_inv", "llama", one("double_seq_bn_inv"), "a", safetensors=True)
+    add(
+        "gpt2_double_seq_bn_inv",
+        "gpt2",
+        one("double_seq_bn_inv"),
+        "a",
+        safetensors=True,
+        note="GPT-2: the coupling runs after wte + wpe (hook on `drop`), not on wte's output",
+    )
+    # MAD-X: a language adapter with its coupling, a task adapter stacked on top (only the first adapter of the active
+    # setup runs its coupling in `adapters`)
+    add("bert_stack_madx", "bert", {"lang": "seq_bn_inv", "task": "seq_bn"}, Stack("lang", "task"), safetensors=True)
     return cases
 
 
@@ -329,8 +358,15 @@ def make_inputs(model_type: str, config):
 
 
 # parameter-name parts of adapter weights: bottleneck / Compacter, fusion, LoRA and (IA)3, Compacter's shared
-# rule matrices, prefix tuning
-_ADAPTER_PARAM_MARKERS = (".adapters.", "adapter_fusion_layer", ".loras.", "shared_parameters.", "prefix_tunings.")
+# rule matrices, prefix tuning, invertible adapters (NICE F / G)
+_ADAPTER_PARAM_MARKERS = (
+    ".adapters.",
+    "adapter_fusion_layer",
+    ".loras.",
+    "shared_parameters.",
+    "prefix_tunings.",
+    "invertible_adapters.",
+)
 
 
 def _lora_module(model, param_name: str):
@@ -679,6 +715,31 @@ def _patch_sublayer_output(m, fn):
     m.forward = forward
 
 
+# where `adapters` runs an invertible adapter: the output of this module of the plain HF model
+_COUPLING_AT = {"gpt2": "drop", "llama": "embed_tokens"}  # others: the `embeddings` container
+
+
+def _hook_coupling(plain, sd, cfgs, setup):
+    """NICE coupling of the setup's FIRST adapter on the embeddings: y1 = x1 + F(x2), y2 = x2 + G(y1), split d // 2,
+    F / G = Linear -> act(non_linearity) -> Linear (keys `<base>.invertible_adapters.<name>.{F,G}.{0,2}.*`)."""
+    first = setup if isinstance(setup, str) else setup[1][0]
+    key = f"invertible_adapters.{first}."
+    w = {k.split(key, 1)[1]: v for k, v in sd.items() if key in k}
+    if not w:
+        return
+    act = _act(cfgs[first]["non_linearity"])
+
+    def net(z, n):
+        return F.linear(act(F.linear(z, w[f"{n}.0.weight"], w[f"{n}.0.bias"])), w[f"{n}.2.weight"], w[f"{n}.2.bias"])
+
+    def hook(mod, args, out):
+        x1, x2 = out[..., : out.shape[-1] // 2], out[..., out.shape[-1] // 2 :]
+        y1 = x1 + net(x2, "F")
+        return torch.cat((y1, x2 + net(y1, "G")), -1)
+
+    plain.get_submodule(_COUPLING_AT.get(plain.config.model_type, "embeddings")).register_forward_hook(hook)
+
+
 @torch.no_grad()
 def verify_case(case_dir: Path):
     rec = json.loads((case_dir / "case.json").read_text())
@@ -782,6 +843,8 @@ def verify_case(case_dir: Path):
             getattr(blk, mlp_name).register_forward_hook(mlp_hook)
     else:
         raise ValueError(mt)
+
+    _hook_coupling(plain, sd, cfgs, setup)
 
     ids = torch.tensor(inputs["input_ids"])
     mask = torch.tensor(inputs["attention_mask"])

@@ -28,6 +28,7 @@ UNSUPPORTED = {
     "bert_seq_bn_rf_dict": "reduction_factor",
     "bert_seq_bn_scaling_channel": "scaling",
     "gpt2_seq_bn": "post-LN model",
+    "gpt2_double_seq_bn_inv": "position embeddings",  # AdapterHub's GPT-2 coupling reads wte + wpe, adaptune's wte
     "llama_seq_bn": "post-LN model",
 }
 # ALBERT's attention adapter sees x and h swapped inside `adapters`; adaptune does not copy that quirk.

@@ -9,6 +9,11 @@ Their bottleneck configs map onto adaptune placements (formulas in ``tests/fixtu
 | ``par_bn``              | ``parallel``, scaling 4                   | LN(x + h + 4 f(x))               |
 | ``scaled_par_bn``       | ``parallel`` with a learned scalar        |                                  |
 
+A bottleneck config with ``inv_adapter="nice"`` (MAD-X language adapters: ``seq_bn_inv``, ``double_seq_bn_inv``)
+loads as one ``MixConfig(parts=(<the bottleneck above>, InvertibleConfig(...)))``: the bottleneck weights go to
+``parts.0``, AdapterHub's ``<base>.invertible_adapters.<name>.{F,G}.*`` to ``parts.1`` at the embeddings, on the model
+types where AdapterHub's coupling reads what adaptune's does (``INVERTIBLE_MODEL_TYPES``).
+
 Other AdapterHub methods load through the same ``load_adapterhub``, by the config's ``architecture``: ``lora``
 (LoRA and (IA)³, ``lora.py``), ``prefix_tuning`` (``prefix.py``), and bottlenecks with ``phm_layer`` (Compacter,
 Compacter++: ``compacter.py``).
@@ -29,16 +34,19 @@ import torch
 from torch import nn
 
 from ...core.model import adapter_modules, add_adapter, delete_adapter, set_active
-from ...core.placement import find_blocks
+from ...core.placement import Target, find_blocks
+from ...methods.bottleneck import AdapterConfig
+from ...methods.mix import MixConfig
 from ...util import read_json_object
 from ..names import HUB_CONFIG, HUB_HEAD_CONFIG
 from ..tensors import copy_checked_tensor
-from .bn_config import hub_location, layer_of, to_adaptune_config
+from .bn_config import hub_location, invertible_config, layer_of, to_adaptune_config
 from .compacter import load_hub_compacter
 from .lora import load_hub_lora
 from .prefix import load_hub_prefix
 
 __all__ = [
+    "INVERTIBLE_MODEL_TYPES",
     "hub_location",
     "is_adapterhub_folder",
     "layer_of",
@@ -128,6 +136,43 @@ def _param_name(param: str, ln_before: bool) -> str | None:
     return _PARAM.get(param, "?")
 
 
+# Model types whose AdapterHub invertible adapter reads what adaptune's reads (core.placement.embedding_targets): the
+# output of the ``embeddings`` container (BERT family) or of ``embed_tokens`` (LLaMA). Each has a fixture.
+INVERTIBLE_MODEL_TYPES = ("albert", "bert", "deberta-v2", "distilbert", "electra", "llama", "roberta", "xlm-roberta")
+_INVERTIBLE_ELSEWHERE = {
+    "gpt2": "AdapterHub runs GPT-2's coupling after adding the position embeddings (a hook on `drop`), adaptune on "
+    "`wte`'s output, before them",
+}
+_INV_KEY = re.compile(r"^(?:.*\.)?invertible_adapters\.([^.]+)\.([FG]\.[02]\.(?:weight|bias))$")
+
+
+def _check_invertible_model(model: nn.Module, source: Path) -> None:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in INVERTIBLE_MODEL_TYPES:
+        return
+    why = _INVERTIBLE_ELSEWHERE.get(str(model_type), "its placement has not been checked against AdapterHub")
+    raise ValueError(
+        f"{source}: AdapterHub invertible adapters (inv_adapter) load on model types "
+        f"{', '.join(INVERTIBLE_MODEL_TYPES)}; not on {model_type!r}: {why}"
+    )
+
+
+def _check_inverse_place(model: nn.Module, targets: list[Target], source: Path) -> None:
+    """AdapterHub inverts the coupling right before the output embeddings (the vocabulary projection); adaptune
+    before the top-level LM head. They agree when the head is that projection (LLaMA's ``lm_head``), not for BERT's
+    ``cls`` (dense -> act -> LayerNorm -> decoder): refused there."""
+    get_out = getattr(model, "get_output_embeddings", None)
+    out = get_out() if callable(get_out) else None
+    names = {id(m): n for n, m in model.named_modules()}
+    for t in targets:
+        if t.layer < 0 and t.mode == "input" and (out is None or names.get(id(out)) != t.module):
+            raise ValueError(
+                f"{source}: AdapterHub inverts an invertible adapter at the input of {names.get(id(out))!r} (the "
+                f"output embeddings), adaptune at the input of the LM head {t.module!r}: the logits would differ; "
+                "load it into the base model or a classifier instead"
+            )
+
+
 def load_adapterhub(model: nn.Module, folder: str | Path, name: str | None = None, *, activate: bool = True) -> str:
     """Load an AdapterHub adapter folder into ``model``; returns the adapter's name in the model."""
     src = Path(folder)
@@ -143,25 +188,42 @@ def load_adapterhub(model: nn.Module, folder: str | Path, name: str | None = Non
     other = _other_method(meta["config"])
     if other is not None:  # LoRA / (IA)³, prefix tuning, Compacter: their own modules
         return other(model, src, meta, read_hub_weights(src, "adapter"), name, activate)
-    config = to_adaptune_config(meta["config"], len(blocks), str(src / HUB_CONFIG))
+    inv = invertible_config(meta["config"], str(src / HUB_CONFIG))
+    bottleneck = to_adaptune_config({**meta["config"], "inv_adapter": None}, len(blocks), str(src / HUB_CONFIG))
+    if inv is not None:
+        _check_invertible_model(model, src)
+    config: AdapterConfig | MixConfig = bottleneck if inv is None else MixConfig(parts=(bottleneck, inv))
+    member = "" if inv is None else "parts.0."  # the bottleneck's parameters inside the mix
     tensors = read_hub_weights(src, "adapter")
     targets = add_adapter(model, name, config, activate=False)
     try:
-        by_place = {(t.layer, t.location): f"{t.module}.adapters.{name}" for t in targets}
+        by_place = {(t.layer, t.location): f"{t.module}.adapters.{name}" for t in targets if t.layer >= 0}
+        coupling = next((f"{t.module}.adapters.{name}" for t in targets if t.layer < 0 and t.mode == "output"), None)
+        if inv is not None:
+            _check_inverse_place(model, targets, src)
         modules = adapter_modules(model, name)
         state = {f"{p}.{k}": v for p, m in modules.items() for k, v in m.state_dict(keep_vars=True).items()}
         filled: set[str] = set()
         for key, value in tensors.items():
+            inv_key = _INV_KEY.match(key)
+            if inv_key is not None and inv_key.group(1) == saved:
+                if coupling is None:
+                    raise ValueError(f"{src}: weight {key} belongs to an invertible adapter, which this config lacks")
+                target = f"{coupling}.parts.1.{inv_key.group(2)}"
+                with torch.no_grad():
+                    copy_checked_tensor(state[target], value, key, src)
+                filled.add(target)
+                continue
             parts = _split_key(key)
             if parts is None or parts[2] != saved:
                 continue
             layer, location, _, param = parts
-            ours = _param_name(param, config.layer_norm_before)
+            ours = _param_name(param, bottleneck.layer_norm_before)
             if ours is None:
                 continue
             if ours.startswith("?") or (layer, location) not in by_place:
-                raise ValueError(f"{src}: weight {key} has no place in adaptune's {config.placement} layout")
-            target = f"{by_place[(layer, location)]}.{ours}"
+                raise ValueError(f"{src}: weight {key} has no place in adaptune's {bottleneck.placement} layout")
+            target = f"{by_place[(layer, location)]}.{member}{ours}"
             value = value.reshape(()) if ours == "scale" else value
             with torch.no_grad():
                 copy_checked_tensor(state[target], value, key, src)

@@ -1,7 +1,8 @@
 """AdapterHub bottleneck configs -> adaptune configs, and where AdapterHub keeps an adapter (layer, location).
 
 The lowest module of ``formats.adapterhub``: the bottleneck loader (``adapter``), Compacter (``compacter``, a
-bottleneck with PHM projections), fusion and export all read their placement from here.
+bottleneck with PHM projections), fusion and export all read their placement from here. ``invertible_config`` reads
+the invertible half of a MAD-X language adapter (``inv_adapter="nice"``: a NICE coupling on the embeddings).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import re
 from typing import Any
 
 from ...methods.bottleneck import AdapterConfig
+from ...methods.invertible import InvertibleConfig
 from ..names import HUB_CONFIG
 
-__all__ = ["hub_location", "layer_of", "to_adaptune_config"]
+__all__ = ["hub_location", "invertible_config", "layer_of", "to_adaptune_config"]
 
 _ACTIVATIONS = {
     "relu": "relu",
@@ -90,6 +92,35 @@ def to_adaptune_config(cfg: dict[str, Any], num_layers: int, source: str = HUB_C
         layer_norm_after=bool(cfg.get("ln_after")),
         layers=layers,
     )
+
+
+def invertible_config(cfg: dict[str, Any], source: str = HUB_CONFIG) -> InvertibleConfig | None:
+    """The InvertibleConfig of a bottleneck config with ``inv_adapter="nice"`` (None without ``inv_adapter``).
+
+    AdapterHub's ``NICECouplingBlock`` builds ``F`` and ``G`` as ``Linear(in, int(in // r)) -> act -> Linear``, with
+    ``r = inv_adapter_reduction_factor`` and the bottleneck's own ``non_linearity``, as ``InvertibleConfig`` does.
+
+    Raises:
+        ValueError: ``inv_adapter`` other than ``"nice"`` (``"glow"``), or a reduction factor / non-linearity
+            adaptune cannot express (named in the message).
+    """
+    kind = cfg.get("inv_adapter")
+    if kind is None:
+        return None
+    if kind != "nice":
+        raise ValueError(
+            f"{source}: AdapterHub setting inv_adapter={kind!r} is not supported by adaptune (only 'nice' couplings)"
+        )
+    rf = cfg.get("inv_adapter_reduction_factor")
+    if isinstance(rf, bool) or not isinstance(rf, (int, float)) or rf <= 0:
+        raise ValueError(
+            f"{source}: AdapterHub setting inv_adapter_reduction_factor={rf!r} is not supported by adaptune "
+            "(expected a number > 0)"
+        )
+    act = str(cfg.get("non_linearity", "relu")).lower()
+    if act not in _ACTIVATIONS:
+        raise ValueError(f"{source}: AdapterHub setting non_linearity={act!r} is not supported by adaptune")
+    return InvertibleConfig(reduction_factor=float(rf), activation=_ACTIVATIONS[act])
 
 
 def hub_location(left: str) -> str:

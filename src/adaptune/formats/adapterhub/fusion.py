@@ -22,7 +22,7 @@ from ...core.composition import Fuse, Stack, adapter_names
 from ...core.model import adapter_config, list_adapters, set_active
 from ...core.placement import find_targets
 from ...methods.fusion import add_fusion, delete_fusion, fusion_modules
-from ..names import HUB_FUSION_CONFIG, HUB_HEAD_CONFIG, HUB_SETUP
+from ..names import HUB_CONFIG, HUB_FUSION_CONFIG, HUB_HEAD_CONFIG, HUB_SETUP
 from ..tensors import copy_checked_tensor
 from .adapter import hub_location, layer_of, load_adapterhub, load_adapterhub_head, read_hub_json, read_hub_weights
 
@@ -184,12 +184,30 @@ def _setup_from(node: Any, source: str) -> Any:
     )
 
 
+def _has_fuse(node: Any) -> bool:
+    return isinstance(node, Fuse) or any(_has_fuse(c) for c in getattr(node, "children", ()) if not isinstance(c, str))
+
+
+def _check_invertible_members(setup: Any, src: Path) -> None:
+    """AdapterHub runs the invertible coupling of the setup's FIRST adapter only; adaptune runs every active one.
+    They agree when no other adapter has one, and (untested) fusion is not involved: anything else is refused."""
+    names = adapter_names(setup)
+    configs = {n: read_hub_json(src / n / HUB_CONFIG).get("config") for n in names}
+    with_inv = [n for n, c in configs.items() if isinstance(c, dict) and c.get("inv_adapter")]
+    if with_inv and (with_inv != names[:1] or _has_fuse(setup)):
+        raise ValueError(
+            f"{src}: invertible adapters (inv_adapter) in {with_inv}: adaptune loads them in a setup only as its "
+            f"first adapter ({names[0]!r}) and outside a Fuse (AdapterHub runs the first adapter's coupling alone)"
+        )
+
+
 def load_adapterhub_setup(model: nn.Module, folder: str | Path, *, activate: bool = True) -> Any:
     """Load a folder written by AdapterHub's ``save_adapter_setup`` (adapters, fusion layers) and activate it."""
     src = Path(folder)
     cfg = src / HUB_SETUP
     meta = read_hub_json(cfg)
     setup = _setup_from(meta.get("adapter_setup"), str(cfg))
+    _check_invertible_members(setup, src)
     for name in adapter_names(setup):
         load_adapterhub(model, src / name, name=name, activate=False)
     fuses = [setup] if isinstance(setup, Fuse) else [c for c in getattr(setup, "children", ()) if isinstance(c, Fuse)]
