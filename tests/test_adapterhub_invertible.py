@@ -137,14 +137,21 @@ def test_gpt2_is_refused_and_would_not_match(monkeypatch) -> None:
     assert _max_diff(_outputs(model, inputs), expected["last_hidden_state"], mask) > 1e-2
 
 
-def test_bert_mlm_head_is_refused() -> None:
-    """AdapterHub inverts before BERT's decoder projection, adaptune before the whole `cls` head: refused."""
-    case, _, _ = load_case("bert_seq_bn_inv")
-    config = transformers.AutoConfig.from_pretrained((ROOT / "bert_seq_bn_inv" / case["base_model"]["dir"]).resolve())
-    model = transformers.BertForMaskedLM(config).eval()
-    with pytest.raises(ValueError, match=r"cls\.predictions\.decoder"):
-        load_adapterhub(model, _folder("bert_seq_bn_inv"))
-    assert list_adapters(model) == []
+def test_bert_mlm_loads_with_its_inverse_before_the_decoder() -> None:
+    """AdapterHub inverts right before BERT's vocabulary projection (after the MLM transform); adaptune's placement
+    puts the inverse there too, so a masked-LM model loads it, and its encoder output matches AdapterHub's."""
+    case, inputs, expected = load_case("bert_seq_bn_inv")
+    base = build_base(case, "bert_seq_bn_inv")
+    model = transformers.BertForMaskedLM(base.config).eval()
+    model.bert.load_state_dict(base.state_dict(), strict=False)
+    load_adapterhub(model, _folder("bert_seq_bn_inv"))
+    assert "cls.predictions.decoder" in [
+        p.rsplit(".adapters.", 1)[0] for p in adapter_modules(model, list_adapters(model)[0])
+    ]
+    mask = inputs["attention_mask"].bool()
+    with torch.no_grad():
+        hidden = model(**inputs, output_hidden_states=True).hidden_states[-1]
+    assert _max_diff(hidden, expected["last_hidden_state"], mask) <= 1e-5
 
 
 def test_llama_causal_lm_loads_with_its_inverse() -> None:

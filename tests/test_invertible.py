@@ -55,7 +55,7 @@ IDS = torch.randint(5, 100, (2, 7), generator=torch.Generator().manual_seed(1))
 @pytest.mark.parametrize(
     ("build", "places"),
     [
-        (bert_mlm, ["bert.embeddings", "cls"]),
+        (bert_mlm, ["bert.embeddings", "cls.predictions.decoder"]),
         (llama_lm, ["model.embed_tokens", "lm_head"]),
         (gpt2_lm, ["transformer.wte", "lm_head"]),
     ],
@@ -115,7 +115,7 @@ def test_classifier_gets_only_the_forward_half_and_a_task_adapter_stacks() -> No
     assert not torch.allclose(stacked, base)
 
 
-def test_albert_factorised_embeddings_are_refused() -> None:
+def test_albert_factorised_embeddings_use_the_embedding_width() -> None:
     cfg = AutoConfig.for_model(
         "albert",
         hidden_size=32,
@@ -125,9 +125,13 @@ def test_albert_factorised_embeddings_are_refused() -> None:
         intermediate_size=64,
         vocab_size=100,
     )
-    model = transformers.AlbertForMaskedLM(cfg)
-    with pytest.raises(ValueError, match="reads width 32 but the embeddings write 16"):
-        adaptune.add_adapter(model, "inv", InvertibleConfig())
+    model = transformers.AlbertForMaskedLM(cfg).eval()
+    base = logits(model, IDS)
+    targets = adaptune.add_adapter(model, "inv", InvertibleConfig())
+    assert [(t.module, t.width) for t in targets] == [("albert.embeddings", 16), ("predictions.decoder", 16)]
+    assert torch.equal(logits(model, IDS), base)
+    randomise(model, "inv")
+    assert not torch.allclose(logits(model, IDS), base)
 
 
 def test_bad_config() -> None:

@@ -118,8 +118,16 @@ def add_adapter(
         raise ValueError(f"an adapter or fusion named {name!r} already exists; delete it first or pick another name")
     targets = find_targets(model, config)
     current = active_setup(model)  # new slots join the model-wide active setup
+    # Build every module before touching the model: a config that cannot run at some place (a build error) leaves
+    # the model exactly as it was, without empty slots or hooks.
     built: list[AdapterModule] = []
     for t in targets:
+        host = model.get_submodule(t.module)
+        if not isinstance(getattr(host, "adapters", None), (AdapterSlot, type(None))):
+            raise ValueError(f"{t.module} already has a child 'adapters' that is not adaptune's; cannot attach")
+        ref = next(host.parameters(), None)
+        built.append(build_adapter(t, config).to(device=ref.device if ref is not None else None, dtype=dtype))
+    for t, adapter in zip(targets, built, strict=True):
         host = model.get_submodule(t.module)
         slot = getattr(host, "adapters", None)
         input_module = model.get_submodule(t.input_module) if t.input_module else None
@@ -128,20 +136,15 @@ def add_adapter(
             slot.train(host.training)  # new modules start in training mode; follow the host's mode
             slot.active = current
             host.add_module("adapters", slot)
-        elif not isinstance(slot, AdapterSlot):
-            raise ValueError(f"{t.module} already has a child 'adapters' that is not adaptune's; cannot attach")
         elif input_module is not None:
             slot.attach_input_module(input_module)
         if t.mode == "input":
             slot.attach_input_hook(host)
         elif t.mode == "model":
             slot.attach_model_hook(host)
-        ref = next(host.parameters(), None)
-        adapter = build_adapter(t, config).to(device=ref.device if ref is not None else None, dtype=dtype)
         slot[name] = adapter.train(host.training)
         if isinstance(adapter, ModelAdapter):
             adapter.attach(host)
-        built.append(adapter)
     share_parameters(built, config)
     if activate:
         set_active(model, [name])

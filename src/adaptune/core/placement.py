@@ -24,6 +24,7 @@ Nothing here modifies the model.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -99,12 +100,15 @@ class ModelShape:
         layers: attention layers that keep a key/value cache (``config.num_hidden_layers``).
         kv_heads: key/value heads per layer (``num_key_value_heads``, else ``num_attention_heads``).
         head_dim: width of one head (``head_dim``, else hidden / heads).
+        cache: the model reads a key/value cache through its ``cache`` argument and is not an encoder-decoder
+            (what prefix tuning feeds its prefixes through).
     """
 
     hidden: int
     layers: int
     kv_heads: int
     head_dim: int
+    cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -581,13 +585,16 @@ def model_target(model: nn.Module) -> Target:
     Raises:
         ValueError: no input embeddings or no config with the sizes; the message names what is missing.
     """
-    get = getattr(model, "get_input_embeddings", None)
-    emb = get() if callable(get) else None
+    emb = _input_embeddings(model)
     cfg = getattr(model, "config", None)
-    if not isinstance(emb, nn.Embedding) or cfg is None:
+    if (
+        not isinstance(emb, nn.Embedding)
+        or cfg is None
+        or getattr(model, "main_input_name", "input_ids") != "input_ids"
+    ):
         raise ValueError(
-            f"{type(model).__name__}: prompt / prefix tuning need a Transformers model with get_input_embeddings() "
-            "returning an nn.Embedding and a config"
+            f"{type(model).__name__}: prompt / prefix tuning need a Transformers text model (input_ids, "
+            "get_input_embeddings() returning an nn.Embedding, a config)"
         )
     cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     sizes = {k: getattr(cfg, k, None) for k in ("num_hidden_layers", "num_attention_heads")}
@@ -597,8 +604,14 @@ def model_target(model: nn.Module) -> Target:
         )
     heads = sizes["num_attention_heads"]
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    if getattr(cfg, "multi_query", False) and not getattr(cfg, "new_decoder_architecture", True):
+        kv_heads = 1  # Falcon-style multi-query attention: one key/value head (its num_kv_heads says otherwise)
     head_dim = getattr(cfg, "head_dim", None) or getattr(cfg, "hidden_size", emb.embedding_dim) // heads
-    shape = ModelShape(emb.embedding_dim, sizes["num_hidden_layers"], kv_heads, head_dim)
+    body = getattr(model, "base_model", model)
+    takes_cache = "cache" in inspect.signature(body.forward).parameters and not getattr(
+        cfg, "is_encoder_decoder", False
+    )
+    shape = ModelShape(emb.embedding_dim, sizes["num_hidden_layers"], kv_heads, head_dim, takes_cache)
     return Target(-1, "custom", "", emb.embedding_dim, emb.embedding_dim, "model", shape=shape)
 
 
@@ -607,15 +620,15 @@ def embedding_targets(model: nn.Module) -> list[Target]:
 
     1. The input embeddings' output (mode ``"output"``); the output of their ``*embeddings`` container when there
        is one, as in BERT (after position embeddings and the norm, where AdapterHub puts invertible adapters).
-    2. When the model has output embeddings, the input of its LM head (mode ``"input"``): the top-level child
-       holding the output embeddings (``lm_head``; BERT's whole ``cls`` MLM head).
+    2. When the model has output embeddings (the LM head's vocabulary projection: ``lm_head``, BERT's
+       ``cls.predictions.decoder``), their input (mode ``"input"``): after any head transform, as AdapterHub does.
 
     Raises:
-        ValueError: no input embeddings, or an LM head reading another width than the embeddings write (ALBERT
-            factorises its embeddings); the message says which.
+        ValueError: no input embeddings, or output embeddings reading another width than the embeddings write; the
+            message says which.
     """
-    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
-    emb = get_in() if callable(get_in) else None
+    get_out = getattr(model, "get_output_embeddings", None)
+    emb = _input_embeddings(model)
     if not isinstance(emb, nn.Module) or getattr(emb, "weight", None) is None:
         raise ValueError(f"{type(model).__name__}: no input embeddings (get_input_embeddings()) to place adapters at")
     names = {id(m): n for n, m in model.named_modules()}
@@ -627,18 +640,22 @@ def embedding_targets(model: nn.Module) -> list[Target]:
     targets = [Target(-1, "custom", host, width, width, "output")]
     out = get_out() if callable(get_out) else None
     if isinstance(out, nn.Module) and id(out) in names:
-        head = names[id(out)].split(".")[0]  # the top-level child that holds the output embeddings
         reads = linear_dims(out)
-        head_in = reads[0] if head == names[id(out)] and reads else _first_linear_in(model.get_submodule(head))
-        if head_in != width:
+        if reads is None or reads[0] != width:
             raise ValueError(
-                f"{type(model).__name__}: the LM head {head} reads width {head_in} but the embeddings write {width}; "
-                "an invertible adapter needs both sides the same width"
+                f"{type(model).__name__}: the output embeddings {names[id(out)]} read width "
+                f"{reads[0] if reads else '?'} but the embeddings write {width}; an invertible adapter needs both "
+                "sides the same width"
             )
-        targets.append(Target(-1, "custom", head, width, width, "input"))
+        targets.append(Target(-1, "custom", names[id(out)], width, width, "input"))
     return targets
 
 
-def _first_linear_in(module: nn.Module) -> int | None:
-    """In-features of the first projection inside ``module`` (what an LM head made of several layers reads)."""
-    return next((dims[0] for m in module.modules() if (dims := linear_dims(m)) is not None), None)
+def _input_embeddings(model: nn.Module) -> nn.Module | None:
+    """``model.get_input_embeddings()``, or None where a model has none (Transformers raises NotImplementedError for
+    some multi-modal / speech models, e.g. CLIP, wav2vec2)."""
+    get = getattr(model, "get_input_embeddings", None)
+    try:
+        return get() if callable(get) else None
+    except NotImplementedError:
+        return None

@@ -1,14 +1,15 @@
 """Invertible adapters (MAD-X, Pfeiffer et al. 2020, https://arxiv.org/abs/2005.00052): an invertible NICE coupling
-block (Dinh et al. 2014) on the input embeddings, and its exact inverse on what the LM head reads.
+block (Dinh et al. 2014) on the input embeddings, and its exact inverse on what the output embeddings read.
 
 With ``x = [x1 | x2]`` split at ``d // 2`` and two small MLPs ``F`` (x2 -> x1 width), ``G`` (y1 -> x2 width)::
 
-    forward (embeddings):   y1 = x1 + F(x2)         y2 = x2 + G(y1)
-    inverse (LM head in):   x2 = y2 - G(y1)         x1 = y1 - F(x2)
+    forward (embeddings):       y1 = x1 + F(x2)         y2 = x2 + G(y1)
+    inverse (output emb. in):   x2 = y2 - G(y1)         x1 = y1 - F(x2)
 
 ``F`` and ``G`` are ``Linear(in -> in / reduction_factor) -> act -> Linear(-> out)`` and their last layer starts
 at zero, so a new adapter is an exact identity. The inverse module reads the forward module's ``F`` and ``G``
-(``share``): one copy in state_dict and saved files. Placement is ``core.placement.embedding_targets``: a
+(``share``): one copy in state_dict and saved files. Placement is ``core.placement.embedding_targets`` (the
+inverse sits on the vocabulary projection's input, after any LM-head transform, as in AdapterHub): a
 classification or token-classification model has no LM head, so only the forward half runs there (as in MAD-X,
 where the task adapter sits on top of the language adapter and its invertible block).
 
@@ -65,8 +66,8 @@ def _subnet(width_in: int, width_out: int, config: InvertibleConfig) -> nn.Seque
 
 
 class InvertibleAdapter(AdapterModule):
-    """The coupling at one place: ``inverse`` False at the embeddings (output mode), True before the LM head
-    (input mode, reading the forward module's ``F`` / ``G``)."""
+    """The coupling at one place: ``inverse`` False at the embeddings (output mode), True before the output
+    embeddings (input mode, reading the forward module's ``F`` / ``G``)."""
 
     method = "invertible"
 

@@ -74,6 +74,12 @@ class PrefixTuning(ModelAdapter):
     def __init__(self, target: Target, config: PrefixConfig) -> None:
         super().__init__()
         assert target.shape is not None  # placement measures the model for whole-model methods
+        if not target.shape.cache:
+            raise ValueError(
+                "prefix tuning feeds its prefixes through Transformers' key/value cache: it needs a model whose "
+                "forward takes `cache` and that is not an encoder-decoder (this one is not: DistilBERT, ALBERT, "
+                "DeBERTa-v2, ModernBERT, MPNet, SqueezeBERT, T5 and BART are not); use prompt tuning there"
+            )
         self.config = config
         self.shape: ModelShape = target.shape
         self.out_width = target.out_width

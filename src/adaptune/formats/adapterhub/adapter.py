@@ -158,9 +158,9 @@ def _check_invertible_model(model: nn.Module, source: Path) -> None:
 
 
 def _check_inverse_place(model: nn.Module, targets: list[Target], source: Path) -> None:
-    """AdapterHub inverts the coupling right before the output embeddings (the vocabulary projection); adaptune
-    before the top-level LM head. They agree when the head is that projection (LLaMA's ``lm_head``), not for BERT's
-    ``cls`` (dense -> act -> LayerNorm -> decoder): refused there."""
+    """AdapterHub inverts the coupling right before the output embeddings (the vocabulary projection, after any
+    head transform); so does adaptune's placement (``core.placement.embedding_targets``). A guard: a model whose
+    inverse would land elsewhere is refused rather than loaded with other logits."""
     get_out = getattr(model, "get_output_embeddings", None)
     out = get_out() if callable(get_out) else None
     names = {id(m): n for n, m in model.named_modules()}
