@@ -15,8 +15,10 @@ prefill only; a decode step (a non-empty cache) just widens the attention mask a
 on and off give the same tokens. Outputs keep the P extra positions (as peft's): logits of the real tokens are
 ``logits[:, P:]`` (``"start"``).
 
-Not supported: decoder sequence classification heads that find the last token from ``input_ids`` (the model only
-sees ``inputs_embeds``), and ``position="after_first"`` with left padding (the first token is then a pad).
+Decoder sequence classification works through the classification task's last-token pooling (it reads the widened
+attention mask: ``training.tasks.last_token``); a bare Transformers decoder classifier would pool from ``input_ids``,
+which the model no longer sees. Not supported: ``position="after_first"`` with left padding (the first token is then
+a pad).
 """
 
 from __future__ import annotations
