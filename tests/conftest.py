@@ -11,7 +11,9 @@ import torch
 from .helpers import tiny_bert_classifier
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(2)
+# Two threads unless OMP_NUM_THREADS says otherwise: on a CPU shared with another job, two threads each waiting for
+# a core the other job holds ran tiny steps several times slower than one.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 2))
 
 
 @pytest.fixture
