@@ -93,7 +93,7 @@ def test_masking() -> None:
 
 def test_fresh_mlm_head_trains_without_the_tied_embeddings(folders: dict[str, Path]) -> None:
     task = task_named("language-modeling")
-    model, tok = task.load_model(folders["encoder"])
+    model, _tok = task.load_model(folders["encoder"])
     assert type(model).__name__ == "BertForMaskedLM"
     assert task.trained_heads(model) == ("cls.predictions.transform.LayerNorm", "cls.predictions.transform.dense")
     adaptune.add_adapter(model, "lang", adaptune.MixConfig.madx())
