@@ -8,7 +8,8 @@ Transformers' own PEFT methods (``model.add_adapter`` ...) are left untouched: t
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "adapter_config",
     "adapter_modules",
     "adapter_slots",
+    "adapter_to_fill",
     "add_adapter",
     "check_adapters_fire",
     "delete_adapter",
@@ -151,6 +153,25 @@ def add_adapter(
     elif isinstance(current, Parallel):  # new slots may change where the batch must be replicated
         set_active(model, current)
     return targets
+
+
+@contextmanager
+def adapter_to_fill(
+    model: nn.Module, name: str, config: MethodConfig, *, activate: bool = True
+) -> Iterator[list[Target]]:
+    """Add adapter ``name`` (inactive) for a loader to fill with saved weights; yields its targets.
+
+    If the block raises, the adapter is deleted again (nothing half-loaded stays behind); when it completes, the
+    adapter becomes the active one if ``activate``.
+    """
+    targets = add_adapter(model, name, config, activate=False)
+    try:
+        yield targets
+    except BaseException:
+        delete_adapter(model, name)
+        raise
+    if activate:
+        set_active(model, [name])
 
 
 def delete_adapter(model: nn.Module, name: str) -> None:

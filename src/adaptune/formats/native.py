@@ -27,10 +27,8 @@ from ..core.model import (
     adapter_config,
     adapter_modules,
     adapter_targets,
-    add_adapter,
-    delete_adapter,
+    adapter_to_fill,
     head_modules,
-    set_active,
 )
 from ..core.placement import find_blocks, find_targets
 from ..util import atomic_dir_write
@@ -235,16 +233,10 @@ def load_adapter(
     tensors = {_swap_prefix(k, old_prefix, new_prefix): v for k, v in stored.items()}
     head_tensors = read_tensors(src / HEAD_FILE) if load_head and (src / HEAD_FILE).exists() else {}
 
-    add_adapter(model, name, config, activate=False)
-    try:
+    with adapter_to_fill(model, name, config, activate=activate):
         _copy_into(model, name, saved_name, tensors, src / WEIGHTS_FILE)
         if head_tensors:
             copy_head(model, head_tensors, src / HEAD_FILE)
-    except Exception:
-        delete_adapter(model, name)  # never leave a half-loaded adapter behind
-        raise
-    if activate:
-        set_active(model, [name])
     return name
 
 

@@ -37,7 +37,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..core.config import MethodConfig
-from ..core.model import adapter_config, adapter_modules, add_adapter, delete_adapter, head_modules, set_active
+from ..core.model import (
+    adapter_config,
+    adapter_modules,
+    adapter_to_fill,
+    head_modules,
+)
 from ..core.placement import model_target
 from ..methods.prefix import PrefixConfig
 from ..methods.prompt import PromptConfig
@@ -163,19 +168,13 @@ def load_peft_prompt(
     if _KEY not in state:
         raise ValueError(f"{weights_path}: no {_KEY!r} tensor (peft's saved prompt); keys: {sorted(state)[:5]}")
     head = _head_tensors(state, cfg, weights_path)
-    add_adapter(model, name, config, activate=False)
-    try:
+    with adapter_to_fill(model, name, config, activate=activate):
         with torch.no_grad():
             (path, module), *_ = adapter_modules(model, name).items()
             target = module.prompt if isinstance(config, PromptConfig) else module.prefix
             copy_checked_tensor(target, state[_KEY], f"{_KEY} (for {path})", weights_path)
         if head and load_head:
             copy_head(model, head, weights_path)
-    except Exception:
-        delete_adapter(model, name)  # never leave a half-loaded adapter behind
-        raise
-    if activate:
-        set_active(model, [name])
     return name
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...core.model import adapter_modules, add_adapter, delete_adapter, set_active
+from ...core.model import adapter_modules, adapter_to_fill
 from ...core.placement import Target, find_blocks
 from ...methods.bottleneck import AdapterConfig
 from ...methods.mix import MixConfig
@@ -195,8 +195,7 @@ def load_adapterhub(model: nn.Module, folder: str | Path, name: str | None = Non
     config: AdapterConfig | MixConfig = bottleneck if inv is None else MixConfig(parts=(bottleneck, inv))
     member = "" if inv is None else "parts.0."  # the bottleneck's parameters inside the mix
     tensors = read_hub_weights(src, "adapter")
-    targets = add_adapter(model, name, config, activate=False)
-    try:
+    with adapter_to_fill(model, name, config, activate=activate) as targets:
         by_place = {(t.layer, t.location): f"{t.module}.adapters.{name}" for t in targets if t.layer >= 0}
         coupling = next((f"{t.module}.adapters.{name}" for t in targets if t.layer < 0 and t.mode == "output"), None)
         if inv is not None:
@@ -231,11 +230,6 @@ def load_adapterhub(model: nn.Module, folder: str | Path, name: str | None = Non
         missing = sorted(k for k in set(state) - filled if not k.endswith(".scale"))
         if missing:
             raise ValueError(f"{src}: no weights for {missing[:3]} (is this the adapter named {saved!r}?)")
-    except Exception:
-        delete_adapter(model, name)
-        raise
-    if activate:
-        set_active(model, name)
     return name
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...core.model import adapter_modules, add_adapter, delete_adapter, set_active
+from ...core.model import adapter_modules, adapter_to_fill
 from ...core.placement import find_blocks
 from ...methods.compacter import CompacterConfig
 from ..tensors import copy_checked_tensor
@@ -73,8 +73,7 @@ def load_hub_compacter(
     """Attach the AdapterHub Compacter adapter in ``tensors`` (read from ``src``) to ``model`` as ``name``."""
     saved = meta.get("name", "adapter")
     config = to_compacter_config(meta["config"], len(find_blocks(model)), str(src / "adapter_config.json"))
-    targets = add_adapter(model, name, config, activate=False)
-    try:
+    with adapter_to_fill(model, name, config, activate=activate) as targets:
         by_place = {(t.layer, t.location): f"{t.module}.adapters.{name}" for t in targets}
         modules = adapter_modules(model, name)
         state = {f"{p}.{k}": v for p, m in modules.items() for k, v in m.state_dict(keep_vars=True).items()}
@@ -89,11 +88,6 @@ def load_hub_compacter(
         missing = sorted(set(state) - filled)
         if missing:
             raise ValueError(f"{src}: no weights for {missing[:3]} (is this the adapter named {saved!r}?)")
-    except Exception:
-        delete_adapter(model, name)
-        raise
-    if activate:
-        set_active(model, name)
     return name
 
 

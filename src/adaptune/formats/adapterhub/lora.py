@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...core.model import adapter_modules, add_adapter, delete_adapter, set_active
+from ...core.model import adapter_modules, adapter_to_fill
 from ...core.placement import linear_dims
 from ...methods.ia3 import IA3Config
 from ...methods.lora import LoraConfig
@@ -149,8 +149,7 @@ def load_hub_lora(
         config = LoraConfig(rank=rank, alpha=alpha * rank / r, dropout=dropout, target_modules=targets)
     else:
         config = IA3Config(target_modules=targets, feedforward_modules=())
-    add_adapter(model, name, config, activate=False)
-    try:
+    with adapter_to_fill(model, name, config, activate=activate):
         modules = {path.rsplit(".adapters.", 1)[0]: mod for path, mod in adapter_modules(model, name).items()}
         with torch.no_grad():
             for module, parts in weights.items():
@@ -167,11 +166,6 @@ def load_hub_lora(
                 full_a, full_b = _full_lora(a, b, ours.out_width, fused[module], r, rank)
                 copy_checked_tensor(ours.A, full_a, a_key, src)
                 copy_checked_tensor(ours.B, full_b, b_key, src)
-    except Exception:
-        delete_adapter(model, name)
-        raise
-    if activate:
-        set_active(model, name)
     return name
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...core.model import adapter_modules, add_adapter, delete_adapter, set_active
+from ...core.model import adapter_modules, adapter_to_fill
 from ...methods.prefix import PrefixConfig
 from ..tensors import copy_checked_tensor
 
@@ -108,8 +108,7 @@ def load_hub_prefix(
         )
     config = to_prefix_config(meta["config"], source)
     found = _prefix_tensors(tensors, meta.get("name", "adapter"), src)
-    add_adapter(model, name, config, activate=False)
-    try:
+    with adapter_to_fill(model, name, config, activate=activate):
         (module,) = adapter_modules(model, name).values()
         state = module.state_dict(keep_vars=True)
         with torch.no_grad():
@@ -123,9 +122,4 @@ def load_hub_prefix(
         missing = sorted(set(state) - {_PARAM[p] for p in found if p in _PARAM})
         if missing:
             raise ValueError(f"{src}: no weights for {missing}")
-    except Exception:
-        delete_adapter(model, name)
-        raise
-    if activate:
-        set_active(model, name)
     return name
