@@ -143,14 +143,23 @@ def _rows_to_records(
     return Records(task, examples, splits if split is not None else None)
 
 
+def _text_lines(text: str, name: str) -> list[tuple[int, str]]:
+    """(1-based line number, line) for every non-blank line of a ``.txt`` text; a line over the field limit is a
+    DataError. Lines split on ``\n`` only (a stray ``\r`` is dropped), so numbers match what an editor shows."""
+    out = []
+    for line_no, raw in enumerate(text.split("\n"), 1):
+        line = raw.removesuffix("\r")
+        if len(line) > MAX_FIELD_CHARS:
+            raise DataError(f"{name}:{line_no}: the line is {len(line):,} characters; limit {MAX_FIELD_CHARS:,}")
+        if line.strip():
+            out.append((line_no, line))
+    return out
+
+
 def _read_lines(path: Path, name: str) -> Records:
     """Unlabeled text for language modelling: one example per non-blank line of a UTF-8 ``.txt`` file."""
-    examples = []
-    for i, line in enumerate(decode_utf8(path.read_bytes(), name).splitlines(), 1):
-        if len(line) > MAX_FIELD_CHARS:
-            raise DataError(f"{name}:{i}: the line is {len(line):,} characters; the limit is {MAX_FIELD_CHARS:,}")
-        if line.strip():
-            examples.append(Example(line.strip(), source=f"{name}:{i}"))
+    lines = _text_lines(decode_utf8(path.read_bytes(), name), name)
+    examples = [Example(line.strip(), source=f"{name}:{i}") for i, line in lines]
     if not examples:
         raise DataError(f"{name}: no text: every line is blank")
     return Records(LM, examples)
@@ -388,12 +397,7 @@ def read_texts(path: str) -> list[str]:
         _, rows = jsonl_records(text, name)
         texts = [field_value(row, "text", f"{name}:{line}") for line, row in rows]
     else:
-        for line_no, raw in enumerate(text.split("\n"), 1):
-            line = raw.removesuffix("\r")
-            if len(line) > MAX_FIELD_CHARS:
-                raise DataError(f"{name}:{line_no}: the line is {len(line):,} characters; limit {MAX_FIELD_CHARS:,}")
-            if line.strip():
-                texts.append(line)
+        texts = [line for _, line in _text_lines(text, name)]
     if not texts:
         raise DataError(f"{name}: no texts to predict")
     return texts

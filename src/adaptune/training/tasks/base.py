@@ -19,7 +19,7 @@ from torch import nn
 
 from ..data.example import Example
 
-__all__ = ["Encoder", "EvalOptions", "Task", "batches", "device_of", "load_tokenizer", "progress"]
+__all__ = ["Encoder", "EvalOptions", "Task", "batches", "device_of", "load_labelled", "load_tokenizer", "progress"]
 
 # Examples -> model inputs (with ``labels`` when the examples carry gold answers).
 Encoder = Callable[[Sequence[Example]], dict[str, torch.Tensor]]
@@ -121,6 +121,18 @@ def _tokenizer_folder(path: Path) -> Path:
     if not isinstance(base, str):
         raise ValueError(f"{path}: no tokenizer files, and {path / TASK_FILE} names no base model to take them from")
     return resolve_model(base)
+
+
+def load_labelled(auto_class: Any, path: Path, names: Sequence[str]) -> nn.Module:
+    """``auto_class.from_pretrained(path)`` in fp32 with a head for ``names`` (index = class id), whose names the
+    config records (``id2label`` / ``label2id``): the sequence and token classifiers' loader."""
+    return auto_class.from_pretrained(
+        path,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={name: i for i, name in enumerate(names)},
+        dtype=torch.float32,
+    )
 
 
 def set_pad_id(model: nn.Module, tok: Any) -> None:

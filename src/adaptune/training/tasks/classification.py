@@ -14,7 +14,7 @@ from torch import nn
 
 from ..data.datasets import check_labels
 from ..data.example import Example
-from .base import Encoder, EvalOptions, Task, batches, device_of, load_tokenizer, progress, set_pad_id
+from .base import Encoder, EvalOptions, Task, batches, device_of, load_labelled, load_tokenizer, progress, set_pad_id
 from .last_token import pool_last_token
 
 __all__ = ["Classification", "classification_metrics", "encode_classification", "predict_labels", "tokenize_texts"]
@@ -80,13 +80,7 @@ class Classification(Task):
 
         tok = load_tokenizer(path)
         names = list(_need_labels(labels))
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path,
-            num_labels=len(names),
-            id2label=dict(enumerate(names)),
-            label2id={name: i for i, name in enumerate(names)},
-            dtype=torch.float32,
-        )
+        model = load_labelled(AutoModelForSequenceClassification, path, names)
         set_pad_id(model, tok)  # Transformers refuses a batch of several rows to a decoder classifier without one
         if pool_last_token(model):
             # The pooling reads the mask, so either side pools the right token; right padding also leaves prompt /

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..data.example import Example
 from ..data.files import DataError, show_value
-from .base import Encoder, EvalOptions, Task, batches, device_of, load_tokenizer, progress, set_pad_id
+from .base import Encoder, EvalOptions, Task, batches, device_of, load_labelled, load_tokenizer, progress, set_pad_id
 from .entities import entities, entity_scores
 
 __all__ = ["IGNORE", "TokenClassification", "encode_words", "first_subwords", "tag_words"]
@@ -115,13 +115,7 @@ class TokenClassification(Task):
 
         tok = _fast(load_tokenizer(path), path)
         names = list(_need_labels(labels))
-        model = AutoModelForTokenClassification.from_pretrained(
-            path,
-            num_labels=len(names),
-            id2label=dict(enumerate(names)),
-            label2id={name: i for i, name in enumerate(names)},
-            dtype=torch.float32,
-        )
+        model = load_labelled(AutoModelForTokenClassification, path, names)
         set_pad_id(model, tok)
         return model, tok
 
