@@ -20,7 +20,7 @@ from typing import Any
 from .builtin import BUILTIN_DATASETS, load_builtin
 from .example import Example
 from .files import MAX_FIELD_CHARS, DataError, csv_records, decode_utf8, field_value, jsonl_records, show_value
-from .readers import FILE_READERS, Records, reader_for_suffix
+from .readers import FILE_READERS, FileReader, Records, reader_for_suffix
 
 __all__ = ["DataError", "Dataset", "Example", "Records", "check_labels", "load_dataset", "read_file", "read_texts"]
 
@@ -165,6 +165,17 @@ def _read_lines(path: Path, name: str) -> Records:
     return Records(LM, examples)
 
 
+def _builtin_records(spec: str, task: str | None, split_seed: int, fractions: tuple[float, float]) -> Records:
+    """A built-in's examples for ``task``; as unlabeled text for language modelling, where each keeps the split it
+    has in the built-in's own task, so a language adapter trained on a corpus's train texts never sees the texts its
+    test split is scored on."""
+    info, examples = BUILTIN_DATASETS[spec], load_builtin(spec)
+    if task != LM:
+        return Records(task or info.task, examples)
+    fixed = [assign_split(e, info.task, split_seed, *fractions) for e in examples]
+    return Records(LM, _as_text(examples), fixed)
+
+
 def _as_text(examples: list[Example]) -> list[Example]:
     """A built-in's examples as unlabeled text (question and answer of a dialog pair become one text)."""
     return [Example(f"{e.text} {e.target}".strip() if e.target else e.text, source=e.source) for e in examples]
@@ -215,15 +226,7 @@ def read_file(
         raise DataError(f"unknown task {task!r}; expected one of: {', '.join((*TASKS, *FILE_READERS))}")
     reader = FILE_READERS.get(task) if task is not None else reader_for_suffix(path.suffix.lower())
     if reader is not None:  # a task with its own file format (CoNLL, SQuAD JSON)
-        if not path.is_file():
-            why = f"a folder is not a {reader.task} file" if path.is_dir() else "no such file"
-            raise DataError(f"{name}: {why}")
-        if path.suffix.lower() not in reader.suffixes:
-            raise DataError(
-                f"{name}: unsupported file type {path.suffix or '(none)'!r} for {reader.task}; "
-                f"expected {', '.join(reader.suffixes)}"
-            )
-        return reader.read(path, name)
+        return _read_with(reader, path, name)
     if task == LM and path.suffix.lower() == ".txt" and path.is_file():
         return _read_lines(path, name)
     if path.is_dir():
@@ -250,6 +253,19 @@ def read_file(
     if not rows:
         raise DataError(f"{name}: no examples: the file has no data rows")
     return _rows_to_records(columns, rows, name, where, task, text_column, label_column, target_column)
+
+
+def _read_with(reader: FileReader, path: Path, name: str) -> Records:
+    """``reader``'s records of ``path``, after checking it is a file of a type the reader handles."""
+    if not path.is_file():
+        why = f"a folder is not a {reader.task} file" if path.is_dir() else "no such file"
+        raise DataError(f"{name}: {why}")
+    if path.suffix.lower() not in reader.suffixes:
+        raise DataError(
+            f"{name}: unsupported file type {path.suffix or '(none)'!r} for {reader.task}; "
+            f"expected {', '.join(reader.suffixes)}"
+        )
+    return reader.read(path, name)
 
 
 def _unit(key: str, seed: int, salt: str) -> float:
@@ -338,13 +354,7 @@ def load_dataset(
             raise DataError(f"{spec}: text_column/label_column/target_column apply to files, not built-in datasets")
         if task not in (None, info.task, LM) and {task, info.task} != {"qa", "causal-lm"}:
             raise DataError(f"{spec}: a built-in {info.task} dataset cannot be used for {task}")
-        builtin = load_builtin(spec)
-        # A built-in keeps its own splits for language modelling too: a language adapter trained on a corpus's
-        # train texts never sees the texts its test split is scored on.
-        records, split_task = Records(task or info.task, builtin), info.task
-        if task == LM:
-            fixed = [assign_split(e, info.task, split_seed, val_fraction, test_fraction) for e in builtin]
-            records = Records(LM, _as_text(builtin), fixed)
+        records, split_task = _builtin_records(spec, task, split_seed, (val_fraction, test_fraction)), info.task
     else:
         if not Path(spec).exists() and "/" not in spec and not Path(spec).suffix:
             raise DataError(f"{spec}: no such file or folder, nor a built-in dataset ({', '.join(BUILTIN_DATASETS)})")
