@@ -165,3 +165,17 @@ def test_cli_madx_flow_language_adapter_under_a_task_adapter(
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     run = json.loads((task / "metrics.json").read_text())
     assert 0 <= scores["accuracy"] <= 1 and run["test_accuracy"] >= 0
+
+
+def test_stack_on_refusals(folders: dict[str, Path], tmp_path: Path, capsys: Any) -> None:
+    lang = tmp_path / "lang"
+    common = ["--model", str(folders["decoder"]), "--batch-size", "8", "--precision", "fp32", "--max-length", "16"]
+    argv = ["train", "--task", "language-modeling", "--data", str(folders["text"]), "--out", str(lang), *common]
+    assert main([*argv, "--max-steps", "1", "--name", "lang"]) == 0
+    csv = make_sentiment_csv(tmp_path / "s.csv")
+    base = ["train", "--data", str(csv), "--stack-on", str(lang / "adapter"), *common, "--max-steps", "1"]
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "ft"), "--full-finetune"]) == 2
+    assert "--stack-on trains a new adapter on top of saved ones: not with --full-finetune" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "same"), "--name", "lang"]) == 2
+    assert "--name 'lang' is taken by a --stack-on adapter" in capsys.readouterr().err
